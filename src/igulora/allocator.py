@@ -350,15 +350,17 @@ def path_gradients(
     DDP gradient hook fires.
     """
     params = adapter_parameters(groups)
+    live = [p for p in params if p.requires_grad]
     inner = task_model(model)
-    total: list[torch.Tensor] | None = None
+    total = [torch.zeros_like(p) for p in params]
     with torch.enable_grad(), path_point(groups, u):
         for b in batches:
             loss = loss_fn(inner, b)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
-            total = grads if total is None else [a + b_ for a, b_ in zip(total, grads)]
-    assert total is not None
+            grads = iter(torch.autograd.grad(loss, live, allow_unused=True) if live else ())
+            for i, p in enumerate(params):
+                g = next(grads) if p.requires_grad else None
+                if g is not None:
+                    total[i] += g.detach()
     if len(batches) > 1:
         total = [g / len(batches) for g in total]
     return total
