@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 from peft import AdaLoraConfig, get_peft_model
-from tiny import cls_batch, tiny_bert, tiny_llama, lm_batch
+from tiny import cls_batch, lm_batch, tiny_bert, tiny_llama
 
 from igulora import IguLoraConfig, get_igu_model
 from igulora.schedule import BudgetSchedule
@@ -191,12 +191,12 @@ def test_nonfinite_sensitivity_is_skipped():
 
 
 def test_target_modules_matching_nothing():
-    with pytest.raises(ValueError, match="target_modules=.*matches no module"):
+    with pytest.raises(ValueError, match=r"target_modules=.*matches no module"):
         get_igu_model(tiny_bert(), IguLoraConfig(target_modules=["nonexistent_proj"]))
 
 
 def test_target_budget_above_initial():
-    with pytest.raises(ValueError, match="target_budget=.*above the initial budget"):
+    with pytest.raises(ValueError, match=r"target_budget=.*above the initial budget"):
         get_igu_model(tiny_bert(), IguLoraConfig(init_r=2, target_r=1, target_budget=10**9))
 
 

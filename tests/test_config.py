@@ -51,9 +51,9 @@ def test_bad_values_name_the_field(kwargs, field):
 
 
 def test_bad_value_message_shows_value():
-    with pytest.raises(ValueError, match="'bogus'.*stochastic, trapezoid"):
+    with pytest.raises(ValueError, match=r"'bogus'.*stochastic, trapezoid"):
         IguLoraConfig(estimator="bogus")
-    with pytest.raises(ValueError, match="target_r=6.*init_r=4"):
+    with pytest.raises(ValueError, match=r"target_r=6.*init_r=4"):
         IguLoraConfig(init_r=4, target_r=6)
 
 
@@ -62,10 +62,10 @@ def test_gradient_estimator_allows_one_step():
 
 
 def test_unknown_field_rejected():
-    with pytest.raises(ValueError, match="bogus_field"):
+    with pytest.raises(ValueError, match=r"bogus_field"):
         IguLoraConfig.from_dict({"bogus_field": 1})
 
 
 def test_total_step_missing_is_explained():
-    with pytest.raises(ValueError, match="total_step is not set"):
+    with pytest.raises(ValueError, match=r"total_step is not set"):
         IguLoraConfig().schedule_steps()

@@ -45,7 +45,7 @@ def test_adapter_is_compact_and_loads_with_stock_peft(tmp_path):
 
 
 def test_lora_export_and_merge(tmp_path):
-    peft_model, alloc = trained(tmp_path)
+    peft_model, _ = trained(tmp_path)
     b = cls_batch(seed=9)
     want = logits(peft_model, b)
     ranks = export_lora(peft_model, tmp_path / "lora")

@@ -72,11 +72,11 @@ def test_minilm_sst2_completeness(float64, shared_data, minilm_path, tmp_path):
     tok = AutoTokenizer.from_pretrained(minilm_path)
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2, dtype=torch.float64)
     cfg = IguLoraConfig(init_r=4, target_r=2, total_step=100, modules_to_save=["classifier"], task_type="SEQ_CLS")
-    peft_model, alloc = get_igu_model(model, cfg)
+    peft_model, _ = get_igu_model(model, cfg)
     batch = sst2_batch(shared_data, tok)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=5e-3)
     peft_model.train()
-    for step in range(4):  # a few real training steps
+    for _ in range(4):  # a few real training steps
         peft_model(**batch).loss.backward()
         opt.step()
         opt.zero_grad()

@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from igulora import IguLoraConfig, get_igu_model, integrated_gradients
-from igulora import scoring
+from igulora import IguLoraConfig, get_igu_model, integrated_gradients, scoring
 from igulora.allocator import default_loss, path_gradients
-from igulora.units import adapter_parameters, find_rank_groups
+from igulora.units import adapter_parameters
 
 
 class OneLinear(nn.Module):

@@ -38,4 +38,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'igulora' has no attribute {name!r}")
 
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "IguAllocator",
+    "IguLoraConfig",
+    "StepRecord",
+    "export_lora",
+    "export_merged",
+    "get_igu_model",
+    "integrated_gradients",
+]

@@ -194,7 +194,7 @@ class IguLoraConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def _to_steps(value: int | float, total: int) -> int:
+def _to_steps(value: float, total: int) -> int:
     if isinstance(value, float) and 0.0 < value < 1.0:
         return int(math.floor(value * total + 0.5))
     return int(value)
@@ -223,4 +223,4 @@ def _require_int(name: str, value: Any, *, minimum: int, why: str = "") -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}{extra}, got {value!r}")
 
 
-__all__ = ["IguLoraConfig", "ESTIMATORS", "SCORES", "BUDGET_UNITS"]
+__all__ = ["BUDGET_UNITS", "ESTIMATORS", "SCORES", "IguLoraConfig"]

@@ -106,7 +106,9 @@ def trainable_parameter_count(model: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------- export
-def lora_state_from_adalora(peft_model: nn.Module, adapter: str = "default") -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+def lora_state_from_adalora(
+    peft_model: nn.Module, adapter: str = "default"
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Fold each AdaLoRA matrix into plain LoRA factors.
 
     ``delta_W = P[:, k] diag(lambda_k) Q[k, :] * s`` with ``s = scaling / (ranknum + 1e-5)`` over
@@ -183,7 +185,7 @@ def read_adapter_ranks(adapter_dir: str | Path) -> dict[str, int]:
 
     ranks = {}
     with safe_open(str(Path(adapter_dir) / "adapter_model.safetensors"), "pt") as fh:
-        for key in fh.keys():
+        for key in fh.keys():  # noqa: SIM118 - safetensors handle, not a dict
             m = re.match(r"base_model\.model\.(.+)\.lora_A(?:\.weight)?$", key)
             if m:
                 ranks[m.group(1)] = fh.get_slice(key).get_shape()[0]

@@ -35,15 +35,15 @@ class RankGroup:
     adapter: str
 
     @property
-    def A(self) -> nn.Parameter:  # noqa: N802 - PEFT's name
+    def A(self) -> nn.Parameter:
         return self.module.lora_A[self.adapter]
 
     @property
-    def E(self) -> nn.Parameter:  # noqa: N802
+    def E(self) -> nn.Parameter:
         return self.module.lora_E[self.adapter]
 
     @property
-    def B(self) -> nn.Parameter:  # noqa: N802
+    def B(self) -> nn.Parameter:
         return self.module.lora_B[self.adapter]
 
     @property
@@ -125,7 +125,7 @@ class _PathSVDLinear(SVDLinear):
             return super().forward(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         for active in self.active_adapters:
-            if active not in self.lora_A.keys():
+            if active not in self.lora_A:
                 continue
             lora_A, lora_B, lora_E = self.lora_A[active], self.lora_B[active], self.lora_E[active]
             scale = self.scaling[active] / (self.ranknum[active] + 1e-5)
