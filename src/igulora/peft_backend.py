@@ -31,7 +31,11 @@ def _matches(name: str, targets: list[str] | str) -> bool:
 
 def resolve_target_modules(model: nn.Module, target_modules: list[str] | str | None) -> list[str] | str:
     """The target modules to adapt; raises ``ValueError`` when they match no module."""
-    targets = default_target_modules(model) if target_modules is None else target_modules
+    if target_modules is None:  # the attention/MLP linears inside numbered blocks, not heads or poolers
+        leaves = "|".join(re.escape(n) for n in default_target_modules(model))
+        targets: list[str] | str = rf".*\.\d+\.(?:.*\.)?(?:{leaves})"
+    else:
+        targets = target_modules
     if not any(_matches(n, targets) for n, _ in model.named_modules()):
         linears = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ValueError(

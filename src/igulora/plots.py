@@ -54,7 +54,7 @@ def rank_grid(rank_pattern: dict[str, float]) -> tuple[list[int], list[str], np.
         layer, kind = _split_module(name)
         i, j = row[layer], col[kind]
         if not np.isnan(grid[i, j]):
-            logging.getLogger(__name__).warning("several modules map to layer %d / %s; their ranks are summed", layer, kind)
+            logging.getLogger(__name__).warning("modules share layer %d / %s: ranks summed", layer, kind)
         grid[i, j] = float(rank) + (0.0 if np.isnan(grid[i, j]) else grid[i, j])
     return layers, types, grid
 
@@ -93,7 +93,8 @@ def rank_stability(patterns: list[dict[str, float]]) -> dict[str, float]:
     ok = [r for r in rho if np.isfinite(r)]
     nan = float("nan")
     return {"pairs": float(len(mad)), "constant": float(bool(mad) and not ok),
-            "spearman_mean": float(np.mean(ok)) if ok else nan, "spearman_std": float(np.std(ok)) if ok else nan,
+            "spearman_mean": float(np.mean(ok)) if ok else nan,
+            "spearman_std": float(np.std(ok)) if ok else nan,
             "mad_mean": float(np.mean(mad)) if mad else nan, "mad_std": float(np.std(mad)) if mad else nan}
 
 
@@ -141,8 +142,7 @@ def _heatmap(ax: Any, layers: list[int], types: list[str], grid: np.ndarray,
     """Draw one layers x types rank heatmap on ``ax`` (numbers annotated when the grid is small)."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("lightgrey")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
     img = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
                     interpolation="nearest")
     ax.set_xticks(range(len(types)), [t.replace(".", ".\u200b") for t in types], rotation=35,
@@ -166,7 +166,7 @@ def _heatmap(ax: Any, layers: list[int], types: list[str], grid: np.ndarray,
 
 def _heatmap_size(n_layers: int, n_panels: int) -> tuple[float, float]:
     """Figure size for ``n_panels`` heatmaps side by side."""
-    return min(12.0, 1.5 + 4.2 * n_panels), float(np.clip(2.0 + 0.25 * n_layers, 4.0, 8.0))
+    return min(12.0, 2.5 + 4.2 * n_panels), float(np.clip(2.0 + 0.25 * n_layers, 4.0, 8.0))
 
 
 def rank_heatmap_png(path: str | Path, layers: list[int], types: list[str], grid: np.ndarray,
@@ -221,7 +221,9 @@ def _budget_axes(ax: Any, unit: str, title: str) -> None:
     ax.set_ylabel(f"budget ({unit})")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 5))
+    from matplotlib.ticker import EngFormatter
+
+    ax.yaxis.set_major_formatter(EngFormatter(sep=""))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     else:
@@ -229,12 +231,14 @@ def _budget_axes(ax: Any, unit: str, title: str) -> None:
 
 
 def budget_curves_png(path: str | Path, curves: list[tuple[str, list[float], list[float]]], unit: str,
-                      title: str, note: str = "") -> Path:
-    """One budget line per variant (``curves``: label, steps, budget values)."""
+                      title: str, note: str = "", variants: list[str] | None = None) -> Path:
+    """One budget line per variant (``curves``: label, steps, budget values); a label's colour is
+    that of its index in ``variants`` (as in the other compare plots)."""
     fig = _figure(8, 4.5)
     ax = fig.add_subplot()
     for i, (label, steps, values) in enumerate(curves):
-        ax.plot(steps, values, "-o", ms=3, lw=1.5, color=_colour(i), label=label)
+        k = variants.index(label) if variants and label in variants else i
+        ax.plot(steps, values, "-o", ms=3, lw=1.5, color=_colour(k), label=label)
     _budget_axes(ax, unit, title)
     if note:
         fig.text(0.01, 0.01, note, fontsize=7, color="dimgrey", va="bottom")
@@ -293,17 +297,19 @@ def rank_stability_png(path: str | Path, stats: list[dict], variants: list[str],
                     ys.append(st[f"{key}_mean"])
                     es.append(st[f"{key}_std"] if np.isfinite(st[f"{key}_std"]) else 0.0)
             if xs:
-                ax.bar(xs, ys, width, yerr=es, capsize=3, color=_colour(k), label=v)
+                bars = ax.bar(xs, ys, width, yerr=es, capsize=3, color=_colour(k), label=v)
+                ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
     for ax, ylabel, name in ((ax_rho, "mean pairwise Spearman ρ", "rank agreement across seeds"),
-                             (ax_mad, "mean |Δ rank| (rank units per module)", "rank difference across seeds")):
+                             (ax_mad, "mean |Δ rank| (rank units per module)", "rank difference, seed pairs")):
         ax.set_xticks(range(len(tasks)), tasks)
         ax.set_xlabel("task")
         ax.set_ylabel(ylabel)
         ax.set_title(name, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    ax_rho.set_ylim(min(0.0, ax_rho.get_ylim()[0]), 1.05)
+            ax.legend(fontsize=7, loc="upper center", ncol=len(variants))
+    ax_rho.set_ylim(min(0.0, ax_rho.get_ylim()[0]), 1.25)
     ax_rho.axhline(0, color="black", lw=0.8)
     if note:
         fig.text(0.01, 0.01, note, fontsize=7, color="dimgrey", va="bottom")
@@ -325,7 +331,9 @@ def _by_variant(runs: list[dict], task: str, variants: list[str], key: str) -> d
     return {v: rs for v, rs in out.items() if rs}
 
 
-def compare_figures(out_dir: Path, runs: list[dict], s: dict) -> tuple[dict[str, Path], list[dict], list[str]]:
+def compare_figures(
+    out_dir: Path, runs: list[dict], s: dict
+) -> tuple[dict[str, Path], list[dict], list[str]]:
     """Write the compare PNGs from ok ``runs`` (each with ``rank_pattern``/``history``/``schedule``
     loaded) and the :func:`igulora.report.summarise` dict ``s``.
 
@@ -341,17 +349,17 @@ def compare_figures(out_dir: Path, runs: list[dict], s: dict) -> tuple[dict[str,
         figs["rank_heatmaps"] = rank_heatmaps_png(out_dir / "rank_heatmaps.png", panels,
                                                   f"Final active rank per module, task {task}")
         hist = _by_variant(runs, task, variants, "history")
-        curves = [(v, [h["step"] for h in rs[0]["history"]],
-                   [h.get("active_budget", h.get("budget", np.nan)) for h in rs[0]["history"]])
-                  for v, rs in hist.items()]
+        events = {v: [h for h in rs[0]["history"] if "step" in h] for v, rs in hist.items()}
+        curves = [(v, [h["step"] for h in ev], [h.get("active_budget", h.get("budget", np.nan)) for h in ev])
+                  for v, ev in events.items() if ev]
         unit = next((r["schedule"].get("unit") for rs in hist.values() for r in rs
                      if isinstance(r.get("schedule"), dict) and r["schedule"].get("unit")), "params")
         missing = [v for v in groups if v not in hist]
-        note = f"no allocation history (constant budget): {', '.join(missing)}" if missing else ""
+        note = f"no allocation history (no budget curve): {', '.join(missing)}" if missing else ""
         if curves:
             figs["budget_curves"] = budget_curves_png(
                 out_dir / "budget_curves.png", curves, unit,
-                f"Active budget at masking events, task {task} (first seed)", note)
+                f"Active budget at masking events, task {task} (first seed)", note, variants)
         notes += [note] if note else []
     points = {t: [(r["variant"], float(r["trainable_params_end"]), float(r["primary"]) * s["scale"][t])
                   for r in runs if r["task"] == t and isinstance(r.get("trainable_params_end"), (int, float))]
@@ -363,7 +371,8 @@ def compare_figures(out_dir: Path, runs: list[dict], s: dict) -> tuple[dict[str,
                                                         variants, "Primary metric vs trainable parameters")
     stats = []
     for v, t in itertools.product(variants, tasks):
-        pats = [r["rank_pattern"] for r in runs if r["variant"] == v and r["task"] == t and r.get("rank_pattern")]
+        pats = [r["rank_pattern"] for r in runs
+                if r["variant"] == v and r["task"] == t and r.get("rank_pattern")]
         if len(pats) >= 2:
             stats.append({"variant": v, "task": t, "seeds": len(pats), **rank_stability(pats)})
     const = sorted({st["variant"] for st in stats if st["constant"]})

@@ -22,8 +22,8 @@ from igulora import plots
 from igulora.io import atomic_write_text
 from igulora.plots import module_layout, rank_grid
 
-__all__ = ["module_layout", "rank_grid", "rank_table_markdown", "write_compare_report", "write_compare_tables",
-           "write_report", "write_run_report"]
+__all__ = ["module_layout", "rank_grid", "rank_table_markdown", "write_compare_report",
+           "write_compare_tables", "write_report", "write_run_report"]
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +48,20 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in filter(str.strip, path.read_text().splitlines()):
         try:
-            rec = json.loads(line)
+            records.append(json.loads(line))
         except ValueError:
             log.warning("skipping a bad line in %s", path)
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
+    return [r for r in records if isinstance(r, dict)]
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """The result files of one run directory (missing files read as ``None`` / ``[]``)."""
-    run_dir = Path(run_dir)
-    return {
-        "metrics": _read_json(run_dir / "metrics.json") or {},
-        "rank_pattern": _read_json(run_dir / "rank_pattern.json") or {},
-        "history": _read_jsonl(run_dir / "allocation_history.jsonl"),
-        "schedule": _read_json(run_dir / "budget_schedule.json"),
-        "config": _read_json(run_dir / "config.json") or {},
-    }
+    d = Path(run_dir)
+    return {"metrics": _read_json(d / "metrics.json") or {}, "rank_pattern": _read_json(d / "rank_pattern.json") or {},
+            "history": _read_jsonl(d / "allocation_history.jsonl"), "config": _read_json(d / "config.json") or {},
+            "schedule": _read_json(d / "budget_schedule.json")}
 
 
 def _num(x: float) -> str:
@@ -99,9 +92,9 @@ def rank_table_markdown(rank_pattern: dict[str, int], init_r: int | None = None)
     total = float(np.nansum(grid))
     lines.append("| **total** | " + " | ".join(col_tot) + f" | **{_num(total)}** |")
     if init_r:
-        full = init_r * len(rank_pattern)
-        lines += ["", f"Active rank {_num(total)} of {full} ({100 * total / full:.1f} %) over "
-                  f"{len(rank_pattern)} modules, init_r = {init_r}."]
+        n, full = len(rank_pattern), init_r * len(rank_pattern)
+        share = f"{_num(total)} of {full} ({100 * total / full:.1f} %)"
+        lines += ["", f"Active rank {share} over {n} modules, init_r = {init_r}."]
     return "\n".join(lines) + "\n"
 
 
@@ -143,7 +136,7 @@ def write_run_report(run_dir: str | Path) -> list[Path]:
     if run["rank_pattern"]:
         layers, types, grid = rank_grid(run["rank_pattern"])
         written.append(plots.rank_heatmap_png(run_dir / "rank_heatmap.png", layers, types, grid,
-                                              f"Final active rank per module: {title}"))
+                                              f"Final active rank per module\n{title}"))
         parts += ["![final rank heatmap](rank_heatmap.png)", ""]
         parts += [rank_table_markdown(run["rank_pattern"], _init_r(run["config"]))]
     else:
@@ -158,7 +151,7 @@ def write_run_report(run_dir: str | Path) -> list[Path]:
     report = run_dir / "report.md"
     atomic_write_text(report, "\n".join(parts).rstrip() + "\n")
     log.info("wrote run report %s", report)
-    return written + [report]
+    return [*written, report]
 
 
 # ----------------------------------------------------------------------------- compare tables
@@ -166,7 +159,7 @@ def _runs(compare_dir: Path) -> list[dict]:
     """Runs of a ``results.json`` with ``variant`` always filled in."""
     data = _read_json(compare_dir / "results.json")
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-        raise ValueError(f"{compare_dir / 'results.json'} has no 'runs' list")  # noqa: TRY004 - bad file content
+        raise ValueError(f"{compare_dir / 'results.json'} has no 'runs' list")
     runs = [dict(r) for r in data["runs"] if isinstance(r, dict)]
     for r in runs:
         r["variant"] = r.get("variant") or r.get("method") or "?"
@@ -184,6 +177,13 @@ def _task_scale(metric: str, values: list[float]) -> float:
     if any(w in metric.lower() for w in _RAW_METRIC_WORDS) or not values:
         return 1.0
     return 100.0 if all(-1.0 <= v <= 1.0 for v in values) else 1.0
+
+
+def _variant_mean(runs: list[dict], variant: str, key: str) -> float | None:
+    """Mean of a numeric field over the ok runs of a variant (``None`` without values)."""
+    vals = [r[key] for r in runs if r.get("status") == "ok" and r["variant"] == variant
+            and isinstance(r.get(key), (int, float))]
+    return float(np.mean(vals)) if vals else None
 
 
 def summarise(runs: list[dict]) -> dict[str, Any]:
@@ -207,20 +207,15 @@ def summarise(runs: list[dict]) -> dict[str, Any]:
     same_dir = len(set(hib.values())) <= 1
     avg = {v: float(np.mean([cells[v][t]["mean"] for t in tasks]))
            for v in variants if same_dir and tasks and all(t in cells[v] for t in tasks)}
-    params, time_s = {}, {}
-    for v in variants:
-        p = [r["trainable_params_end"] for r in runs if r.get("status") == "ok" and r["variant"] == v
-             and isinstance(r.get("trainable_params_end"), (int, float))]
-        s = [r["train_time_s"] for r in runs if r.get("status") == "ok" and r["variant"] == v
-             and isinstance(r.get("train_time_s"), (int, float))]
-        if p:
-            params[v] = float(np.mean(p))
-        if s:
-            time_s[v] = float(np.mean(s))
+    params = {v: m for v in variants if (m := _variant_mean(runs, v, "trainable_params_end")) is not None}
+    time_s = {v: m for v in variants if (m := _variant_mean(runs, v, "train_time_s")) is not None}
     failed = [r for r in runs if r.get("status") != "ok"]
+    counts = [c["n"] for v in variants for c in cells[v].values()]
+    usual_n = max(set(counts), key=lambda n: (counts.count(n), n)) if counts else 0
     return {"tasks": tasks, "variants": variants, "metric": metric, "higher_is_better": hib,
             "scale": scale, "cells": cells, "avg": avg, "avg_higher_is_better": all(hib.values()),
-            "params": params, "time_s": time_s, "failed": failed, "same_direction": same_dir}
+            "params": params, "time_s": time_s, "failed": failed, "same_direction": same_dir,
+            "usual_n": usual_n}
 
 
 def human_count(n: float) -> str:
@@ -246,8 +241,6 @@ def _best(values: dict[str, float], higher: bool) -> set[str]:
 def _table_markdown(s: dict) -> str:
     """The paper-layout table: variants x (tasks, Avg, Params, Time (s))."""
     tasks, variants, cells = s["tasks"], s["variants"], s["cells"]
-    counts = {c["n"] for v in variants for c in cells[v].values()}
-    show_n = len(counts) > 1
     best = {t: _best({v: cells[v][t]["mean"] for v in variants if t in cells[v]}, s["higher_is_better"][t])
             for t in tasks}
     best_avg = _best(s["avg"], s["avg_higher_is_better"])
@@ -262,7 +255,7 @@ def _table_markdown(s: dict) -> str:
                 continue
             text = f"{c['mean']:.2f}" + ("" if np.isnan(c["std"]) else f" ± {c['std']:.2f}")
             text = f"**{text}**" if v in best[t] else text
-            row.append(text + (f" (n={c['n']})" if show_n else ""))
+            row.append(text + (f" (n={c['n']})" if c["n"] != s["usual_n"] else ""))
         avg = f"{s['avg'][v]:.2f}" if v in s["avg"] else "–"
         row.append(f"**{avg}**" if v in best_avg else avg)
         row.append(human_count(s["params"][v]) if v in s["params"] else "–")
@@ -279,11 +272,11 @@ def _table_notes(s: dict) -> str:
         desc.append(f"{t}: {s['metric'][t]}{' ×100' if s['scale'][t] != 1 else ''} ({arrow})")
     notes = [
         f"Metrics: {'; '.join(desc)}.",
-        "Metrics bounded in [-1, 1] (accuracy, F1, MCC, Pearson, ...) are shown ×100; perplexity and losses as is.",
-        "Cells: mean ± sample std (ddof=1) over the seeds of ok runs; (n=k) gives the seed count where counts "
-        + "differ. Best per column in **bold**.",
-        "Avg: mean of the task means (only for methods with every task). Params: mean trainable parameters at "
-        + "the end of training. Time (s): mean training time per run.",
+        "Metrics bounded in [-1, 1] (accuracy, F1, MCC, Pearson, ...) are shown ×100; perplexity as is.",
+        f"Cells: mean ± sample std (ddof=1) over the seeds of ok runs ({s['usual_n']} unless a cell says "
+        + "(n=k)). Best per column in **bold**.",
+        "Avg: mean of the task means (only for methods with every task). Params: mean trainable parameters "
+        + "at the end of training. Time (s): mean training time per run.",
     ]
     if not s["same_direction"]:
         notes.append("Avg omitted: tasks mix higher- and lower-is-better metrics.")
@@ -339,12 +332,13 @@ def write_compare_tables(compare_dir: str | Path) -> dict[str, Any]:
 
 _FIGURES = (
     ("rank_heatmaps", "Final rank allocation",
-     "Final active rank per module (layers x module types), first task, averaged over seeds; shared colour scale."),
+     "Final active rank per module (layers x module types), first task, averaged over seeds; shared colour "
+     + "scale."),
     ("budget_curves", "Rank budget", "Active budget at each masking event, first task, first seed."),
     ("metric_vs_params", "Metric vs trainable parameters", "One marker per run, one panel per task."),
     ("rank_stability", "Allocation stability across seeds",
-     "Agreement of final per-module ranks between seeds: mean pairwise Spearman correlation and mean absolute "
-     + "rank difference."),
+     "Agreement of final per-module ranks between seeds: mean pairwise Spearman correlation and mean "
+     + "absolute rank difference."),
 )
 
 
@@ -355,8 +349,8 @@ def _stability_markdown(stats: list[dict]) -> str:
     lines = ["| Method | Task | Seeds | Spearman ρ (mean ± std) | mean abs Δrank (mean ± std) |",
              "|---|---|---:|---:|---:|"]
     for st in stats:
-        rho = ("n/a (constant rank)" if st["constant"] else
-               "–" if np.isnan(st["spearman_mean"]) else f"{st['spearman_mean']:.3f} ± {st['spearman_std']:.3f}")
+        rho = f"{st['spearman_mean']:.3f} ± {st['spearman_std']:.3f}"
+        rho = "n/a (constant rank)" if st["constant"] else "–" if np.isnan(st["spearman_mean"]) else rho
         lines.append(f"| {_md(st['variant'])} | {_md(st['task'])} | {st['seeds']} | {rho} | "
                      f"{st['mad_mean']:.2f} ± {st['mad_std']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -399,4 +393,4 @@ def write_report(path: str | Path) -> list[Path]:
         return write_compare_report(path)
     if (path / "metrics.json").is_file():
         return write_run_report(path)
-    raise ValueError(f"{path} is neither a compare directory (results.json) nor a run directory (metrics.json)")
+    raise ValueError(f"{path} is neither a compare dir (results.json) nor a run dir (metrics.json)")
