@@ -130,8 +130,8 @@ def _steps_value(v: Any) -> Any:
 
 def build_options(ns: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
     """Merge defaults < ``base`` (config file or experiment entry) < flags into :class:`RunOptions`."""
+    from .config import TrainArgs
     from .runner import RunOptions, UsageError
-    from .train import TrainArgs
 
     values = {**load_config_file(getattr(ns, "config", None)), **(base or {})}
     values.update({k: v for k, v in vars(ns).items() if v is not None and k not in ("config", "command", "func")})
@@ -166,10 +166,6 @@ def _setup_logging(quiet: bool) -> None:
                         stream=sys.stderr)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(getattr(ns, "quiet", False))
     if os.environ.get("IGULORA_DEBUG"):
         return ns.func(ns)
-    from .train import TrainingStopped
-
     try:
         return ns.func(ns)
-    except TrainingStopped as err:
+    except RuntimeError as err:
+        if type(err).__name__ != "TrainingStopped":
+            raise
         print(f"igulora: {err}. Resume with the same command and --resume.", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

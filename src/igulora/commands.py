@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .cli import add_run_arguments, build_options
 
@@ -18,7 +18,7 @@ DEMO_ARGS = [
 ]
 
 
-def _progress(quiet: bool, desc: str):  # noqa: ANN202
+def _progress(quiet: bool, desc: str):
     """A tqdm progress bar showing loss, current budget and time left (``None`` when quiet)."""
     if quiet:
         return None, lambda: None
@@ -111,8 +111,15 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Flag mistakes in one line (not argparse's full usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"igulora: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="igulora", description="Adaptive-rank LoRA fine-tuning by IGU-LoRA (Integrated Gradients + "
         "uncertainty-aware rank allocation on PEFT AdaLoRA).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import IguLoraConfig
+from .config import IguLoraConfig, TrainArgs
 from .io import atomic_write_json, atomic_write_text
-from .train import TrainArgs
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +65,14 @@ class RunOptions:
         return d
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and progress bars (the CLI shows its own progress)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def prepare_run_dir(opts: RunOptions) -> Path:
     """Create the run directory; refuse to reuse one without ``resume``/``overwrite``."""
     run = opts.run_dir()
@@ -99,6 +106,7 @@ def run_training(opts: RunOptions, on_step: Callable[[dict[str, Any]], None] | N
     from .pipeline import make_collate, make_evaluator
     from .train import fit
 
+    quiet_transformers()
     task = get_task(opts.task)
     run = prepare_run_dir(opts)
     data_kw = {"train_file": opts.train_file, "eval_file": opts.eval_file, "text_fields": opts.text_fields,

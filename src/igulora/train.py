@@ -30,13 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import TrainArgs
 from .io import append_jsonl, atomic_torch_save, atomic_write_json
 from .methods import RankController, trainable_state
 
 logger = logging.getLogger(__name__)
-
-NONFINITE = ("skip", "stop")
-
 
 class TrainingStopped(RuntimeError):
     """Training stopped early (Ctrl-C or a non-finite loss with ``on_nonfinite='stop'``); a checkpoint
@@ -45,64 +43,6 @@ class TrainingStopped(RuntimeError):
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for ``--resume``."""
-
-
-@dataclass
-class TrainArgs:
-    """Settings of the reference loop (the CLI's training flags)."""
-
-    output_dir: str
-    """Run directory: checkpoints and logs are written here."""
-    max_steps: int | None = None
-    """Optimizer steps; ``None``: ``epochs`` passes over the data."""
-    epochs: float = 1.0
-    """Passes over the training data when ``max_steps`` is not set."""
-    batch_size: int = 16
-    """Micro-batch size."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step (effective batch = batch_size x grad_accum)."""
-    lr: float = 5e-4
-    """Peak learning rate of AdamW."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_ratio: float = 0.06
-    """Linear warm-up of the LR over this fraction of the steps, then linear decay to 0."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping (0 disables)."""
-    bf16: bool = False
-    """Autocast forward passes to bfloat16 (scores stay float32)."""
-    eval_every: int = 0
-    """Evaluate every k optimizer steps (0: only at the end)."""
-    save_every: int = 0
-    """Checkpoint every k optimizer steps (0: about ten checkpoints per run)."""
-    keep_checkpoints: int = 2
-    """How many recent checkpoints to keep."""
-    log_every: int = 10
-    """Write a ``train_log.jsonl`` line every k steps."""
-    seed: int = 0
-    """Seed of data order, dropout and initialisation."""
-    on_nonfinite: str = "skip"
-    """A NaN/inf loss or gradient: ``skip`` the update (counted, logged) or ``stop`` the run."""
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.max_steps is None and not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.on_nonfinite not in NONFINITE:
-            raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE)}, got {self.on_nonfinite!r}")
-
-    def total_steps(self, n_examples: int) -> int:
-        """Optimizer steps of the run for ``n_examples`` training examples."""
-        if self.max_steps is not None:
-            return self.max_steps
-        micro = math.ceil(n_examples / self.batch_size)
-        return max(1, math.ceil(self.epochs * micro / self.grad_accum))
 
 
 @dataclass
