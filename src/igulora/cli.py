@@ -53,6 +53,7 @@ _TRAIN_FLAGS: list[tuple[str, type | None, Any, str]] = [
     ("--max-grad-norm", float, None, "gradient clipping, 0 disables (default 1.0)"),
     ("--eval-every", int, None, "evaluate every k steps (default: at the end only)"),
     ("--save-every", int, None, "checkpoint every k steps (default: ~10 per run)"),
+    ("--log-every", int, None, "write a train_log.jsonl line every k steps (default 10)"),
     ("--seed", int, None, "seed of data order and initialisation (default 0)"),
     ("--on-nonfinite", str, ("skip", "stop"), "NaN/inf loss: skip the update (default) or stop"),
 ]

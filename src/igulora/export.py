@@ -29,7 +29,7 @@ def load_trained(run_dir: str | Path, base_model: str | None = None) -> tuple[An
         with warnings.catch_warnings():  # PEFT reads AdaLoRA's rank_pattern keys with LoRA's rules and warns
             warnings.simplefilter("ignore")
             peft_model = PeftModel.from_pretrained(model, str(adapter))
-    except (RuntimeError, ValueError, KeyError) as err:
+    except (RuntimeError, ValueError, KeyError, AttributeError) as err:
         first = str(err).strip().splitlines()[0][:160]
         raise UsageError(f"the adapter in {adapter} does not fit base model {name!r}: {first}") from err
     return peft_model.eval(), tokenizer, cfg

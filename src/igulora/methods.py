@@ -11,7 +11,7 @@ from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from torch import nn
 
 from .config import IguLoraConfig
-from .peft_backend import get_igu_model, resolve_target_modules
+from .peft_backend import _matches, get_igu_model, resolve_target_modules
 from .units import find_rank_groups
 
 METHODS = ("lora", "adalora", "igulora")
@@ -127,7 +127,7 @@ def build_method(
         "modules_to_save": config.modules_to_save, "task_type": config.task_type,
     }
     if method == "lora":
-        r = max(1, int(round(config.target_r)))
+        r = matched_lora_rank(model, targets, config)
         peft_model = get_peft_model(model, LoraConfig(r=r, **common))
         return peft_model, LoraController(peft_model, r)
     _, tinit, tfinal, delta = config.schedule_steps()
@@ -138,6 +138,22 @@ def build_method(
     )
     peft_model = get_peft_model(model, ada)
     return peft_model, AdaLoraController(peft_model)
+
+
+def matched_lora_rank(model: nn.Module, targets: list[str] | str, config: IguLoraConfig) -> int:
+    """LoRA rank whose parameter count matches IGU-LoRA's final budget on the same modules.
+
+    ``params`` budget ``B`` (``target_budget``, or ``target_r * sum(d_in + d_out + 1)``) gives
+    ``r = round(B / sum(d_in + d_out))``; ``ranks`` budget gives ``r = round(B / n_modules)``.
+    """
+    shapes = [(m.in_features, m.out_features) for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) and _matches(n, targets)]
+    if config.budget_unit == "ranks":
+        budget = config.target_budget if config.target_budget is not None else config.target_r * len(shapes)
+        return max(1, round(budget / max(1, len(shapes))))
+    per_unit = sum(i + o + 1 for i, o in shapes)
+    budget = config.target_budget if config.target_budget is not None else config.target_r * per_unit
+    return max(1, round(budget / max(1, sum(i + o for i, o in shapes))))
 
 
 def adapter_param_count(peft_model: nn.Module, controller: RankController) -> int:

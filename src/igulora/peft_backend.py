@@ -24,6 +24,7 @@ from .units import RankGroup, default_target_modules, find_rank_groups
 
 
 def _matches(name: str, targets: list[str] | str) -> bool:
+    """PEFT's target matching: a regex matches the full name; a list entry matches it or its suffix."""
     if isinstance(targets, str):
         return re.fullmatch(targets, name) is not None
     return any(name == t or name.endswith(f".{t}") for t in targets)

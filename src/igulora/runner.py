@@ -104,7 +104,7 @@ def run_training(opts: RunOptions, on_step: Callable[[dict[str, Any]], None] | N
     from .methods import adapter_param_count, build_method, head_param_count
     from .models import load_model_and_tokenizer
     from .pipeline import make_collate, make_evaluator
-    from .train import fit
+    from .train import fit, seed_everything
 
     quiet_transformers()
     task = get_task(opts.task)
@@ -116,6 +116,7 @@ def run_training(opts: RunOptions, on_step: Callable[[dict[str, Any]], None] | N
     eval_rows = load_examples(opts.task, "eval", opts.data_dir, max_samples=opts.max_eval_samples, seed=0, **data_kw)
     num_labels = task.num_labels or (1 + max(int(r["label"]) for r in train_rows) if not task.decoder else 0)
     kind = "causal_lm" if task.decoder else "seq_cls"
+    seed_everything(opts.train.seed)  # the new head and the adapter are initialised from the seed
     model, tokenizer = load_model_and_tokenizer(opts.model, kind, num_labels=max(num_labels, 1))
     igu = opts.igulora
     if not task.decoder:

@@ -1,0 +1,58 @@
+"""``igulora compare`` on two tasks x three methods x two seeds (tiny slices), and ``report``."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from igulora.cli import main
+from igulora.compare import parse_variant
+
+FAST = ["--model", "minilm", "--max-train-samples", "32", "--max-eval-samples", "16", "--max-steps", "6",
+        "--batch-size", "8", "--max-length", "24", "--init-r", "4", "--target-r", "2", "--deltaT", "1",
+        "--tinit", "1", "--tfinal", "2", "--ig-steps", "2", "--quiet"]
+
+
+def test_parse_variant():
+    v = parse_variant("igulora:score=product:ig_steps=4")
+    assert v.method == "igulora" and v.overrides == {"score": "product", "ig_steps": 4}
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_variant("dora")
+
+
+
+
+def test_compare_runs_skips_and_reports(tmp_path, capsys, minilm_path, shared_data):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--tasks", "sst2,rte", "--methods", "lora,adalora,igulora", "--seeds", "1,2",
+            "--output-dir", str(out), *FAST]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())["runs"]
+    assert len(results) == 12 and all(r["status"] == "ok" for r in results)
+    params = {r["method"]: r["trainable_params_end"] for r in results if r["task"] == "sst2" and r["seed"] == 1}
+    assert abs(params["lora"] - params["igulora"]) / params["igulora"] < 0.05  # matched budgets
+    table = (out / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 3  # header + one row per method
+    assert "sst2" in rows[0] and "rte" in rows[0] and "Avg" in rows[0] and "Params" in rows[0]
+    assert (out / "results.csv").read_text().count("\n") == 13
+    report = (out / "report.md").read_text()
+    for png in ("rank_heatmaps.png", "budget_curves.png", "metric_vs_params.png", "rank_stability.png"):
+        path = out / png
+        assert path.is_file() and png in report
+        with Image.open(path) as im:
+            assert im.size[0] >= 400 and im.size[1] >= 200
+    capsys.readouterr()
+    assert main(argv) == 0  # rerun: everything skipped
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 12
+    assert main(["report", str(out)]) == 0
+
+
+def test_failed_run_is_recorded(tmp_path, capsys, minilm_path, shared_data):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--tasks", "sst2", "--methods", "igulora,igulora:target_modules=nothing_here",
+            "--seeds", "0", "--output-dir", str(out), *FAST]
+    assert main(argv) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["ok", "failed"]
+    assert "matches no module" in runs[1]["error"]
