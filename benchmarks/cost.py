@@ -21,18 +21,17 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from igulora import IguLoraConfig  # noqa: E402
+from igulora import IguLoraConfig
 from igulora import allocator as alloc_mod
 from igulora.data import (
     get_task,
     load_examples,
 )
-from igulora.methods import build_method  # noqa: E402
-from igulora.models import load_model_and_tokenizer  # noqa: E402
-from igulora.pipeline import make_collate  # noqa: E402
+from igulora.methods import build_method
+from igulora.models import load_model_and_tokenizer
+from igulora.pipeline import make_collate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
     "lora": ("lora", {}),

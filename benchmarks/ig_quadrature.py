@@ -10,20 +10,18 @@ benchmarks/results/ig_quadrature.json and .md.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from igulora import IguLoraConfig, get_igu_model, integrated_gradients
+from igulora.allocator import task_model
+from igulora.data import get_task, load_examples
+from igulora.models import load_model_and_tokenizer
+from igulora.pipeline import make_collate
+from igulora.units import find_rank_groups, path_point
 
-from igulora import IguLoraConfig, get_igu_model, integrated_gradients  # noqa: E402
-from igulora.allocator import task_model  # noqa: E402
-from igulora.data import get_task, load_examples  # noqa: E402
-from igulora.models import load_model_and_tokenizer  # noqa: E402
-from igulora.pipeline import make_collate  # noqa: E402
-from igulora.units import find_rank_groups, path_point  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def gap_table(peft_model, batch, ns, form):

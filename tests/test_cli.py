@@ -64,9 +64,12 @@ def test_export_lora_and_merged(igu_run, tmp_path, capsys):
 @pytest.mark.parametrize("method", ["lora", "adalora"])
 def test_baseline_methods(tmp_path, method, minilm_path, shared_data):
     out = tmp_path / method
-    assert main(["train", "--task", "rte", "--method", method, "--output-dir", str(out), *FAST]) == 0
+    extra = ["--tensorboard"] if method == "lora" else []
+    assert main(["train", "--task", "rte", "--method", method, "--output-dir", str(out), *FAST, *extra]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == method and metrics["steps"] == 8
+    if extra:
+        assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize(
@@ -97,3 +100,14 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, argv, message, minilm_path
 def test_existing_output_dir_needs_resume_or_overwrite(igu_run, capsys):
     assert main(["train", "--task", "sst2", "--output-dir", str(igu_run), *FAST]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_two_stage(tmp_path, minilm_path, shared_data, capsys):
+    out = tmp_path / "two"
+    assert main(["train", "--task", "sst2", "--method", "igulora", "--two-stage", "--output-dir", str(out), *FAST]) == 0
+    stage1 = json.loads((out / "stage1" / "rank_pattern.json").read_text())
+    assert json.loads((out / "rank_pattern.json").read_text()) == stage1
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA"
+    assert adapter["rank_pattern"] == {k: v for k, v in stage1.items() if v > 0}
+    assert main(["export", str(out), "--to", "lora", "--output", str(tmp_path / "exp")]) == 0

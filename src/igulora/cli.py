@@ -87,6 +87,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, single: bool = True) -> Non
     p.add_argument("--no-reapply-mask", action="store_true", default=None,
                    help="let pruned singular values regrow between masking events (PEFT AdaLoRA behaviour)")
     p.add_argument("--bf16", action="store_true", default=None, help="autocast forward passes to bfloat16")
+    p.add_argument("--two-stage", action="store_true", default=None,
+                   help="igulora: after allocation, retrain a fresh adapter with the found ranks fixed")
+    p.add_argument("--tensorboard", action="store_true", default=None, help="log to RUN/tensorboard (needs tensorboard)")
     p.add_argument("--text-fields", default=None, help="custom task: text column(s), comma-separated")
     p.add_argument("--label-field", default=None, help="custom task: label column")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
@@ -139,7 +142,7 @@ def build_options(ns: argparse.Namespace, base: dict[str, Any] | None = None) ->
     known_adapter = {f.name for f in dataclasses.fields(IguLoraConfig)}
     known_train = {f.name for f in dataclasses.fields(TrainArgs)} - {"output_dir"}
     known_run = {f.name for f in dataclasses.fields(RunOptions)} - {"igulora", "train"}
-    extra_ok = {"quiet", "no_reapply_mask", "models", "tasks", "methods", "seeds"}
+    extra_ok = {"quiet", "no_reapply_mask"}
     unknown = sorted(set(values) - known_adapter - known_train - known_run - extra_ok)
     if unknown:
         raise UsageError(f"unknown option(s): {', '.join(unknown)}")

@@ -46,7 +46,7 @@ def export_run(run_dir: str | Path, to: str, output: str | Path, base_model: str
     peft_model, tokenizer, cfg = load_trained(run_dir, base_model)
     if to == "merged":
         export_merged(peft_model, out, tokenizer)
-    elif cfg.get("method") == "lora":
+    elif json.loads((Path(run_dir) / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA":
         shutil.copytree(Path(run_dir) / "adapter", out, dirs_exist_ok=True)
     else:
         export_lora(peft_model, out)

@@ -140,6 +140,25 @@ def build_method(
     return peft_model, AdaLoraController(peft_model)
 
 
+def build_fixed_lora(model: nn.Module, ranks: dict[str, int], config: IguLoraConfig) -> tuple[nn.Module, Any]:
+    """A freshly initialised LoRA adapter with a fixed per-module rank pattern (the two-stage option's
+    second stage). Modules pruned to rank 0 get no adapter; every module keeps IGU-LoRA's scaling
+    ``lora_alpha / init_r`` (``alpha_pattern = lora_alpha * r_m / init_r``)."""
+    kept = {name: r for name, r in ranks.items() if r > 0}
+    if not kept:
+        raise ValueError("the first stage pruned every rank unit: nothing to retrain")
+    scale = config.lora_alpha / config.init_r
+    lora = LoraConfig(
+        r=max(kept.values()), lora_alpha=scale * max(kept.values()), target_modules=sorted(kept),
+        rank_pattern=dict(kept), alpha_pattern={n: scale * r for n, r in kept.items()},
+        lora_dropout=config.lora_dropout, modules_to_save=config.modules_to_save, task_type=config.task_type,
+    )
+    peft_model = get_peft_model(model, lora)
+    controller = LoraController(peft_model, 0)
+    controller.rank_pattern = lambda: dict(ranks)  # type: ignore[method-assign]
+    return peft_model, controller
+
+
 def matched_lora_rank(model: nn.Module, targets: list[str] | str, config: IguLoraConfig) -> int:
     """LoRA rank whose parameter count matches IGU-LoRA's final budget on the same modules.
 

@@ -51,6 +51,8 @@ class RunOptions:
     text_fields: list[str] | None = None
     label_field: str | None = None
     variant: str | None = None
+    tensorboard: bool = False
+    two_stage: bool = False
     resume: bool = False
     overwrite: bool = False
 
@@ -98,10 +100,31 @@ def classifier_head(model: Any, num_labels: int) -> list[str]:
     return [heads[-1].split(".")[0]] if heads else []
 
 
-def run_training(opts: RunOptions, on_step: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """Load data and model, train with ``opts.method`` and write the run directory. Returns it."""
+def run_two_stage(opts: RunOptions, on_step: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """The authors' two-stage option: stage 1 (``RUN/stage1``) allocates ranks with IGU-LoRA; stage 2
+    (``RUN``) retrains a freshly initialised adapter with that rank pattern fixed."""
+    if opts.method != "igulora":
+        raise UsageError("--two-stage applies to --method igulora")
+    run = prepare_run_dir(opts)
+    stage1 = dataclasses.replace(opts, output_dir=str(run / "stage1"), two_stage=False, overwrite=False,
+                                 resume=(run / "stage1").exists())
+    if not is_finished(stage1.run_dir()):
+        run_training(stage1, on_step)
+    ranks = json.loads((stage1.run_dir() / "rank_pattern.json").read_text())
+    stage2 = dataclasses.replace(opts, resume=True, overwrite=False)
+    return run_training(stage2, on_step, fixed_ranks=ranks)
+
+
+def run_training(opts: RunOptions, on_step: Callable[[dict[str, Any]], None] | None = None,
+                 fixed_ranks: dict[str, int] | None = None) -> Path:
+    """Load data and model, train with ``opts.method`` and write the run directory. Returns it.
+
+    ``fixed_ranks`` trains a fresh LoRA adapter with that rank pattern instead (two-stage option).
+    """
+    if opts.two_stage and fixed_ranks is None:
+        return run_two_stage(opts, on_step)
     from .data import get_task, load_examples
-    from .methods import adapter_param_count, build_method, head_param_count
+    from .methods import adapter_param_count, build_fixed_lora, build_method, head_param_count
     from .models import load_model_and_tokenizer
     from .pipeline import make_collate, make_evaluator
     from .train import fit, seed_everything
@@ -126,11 +149,15 @@ def run_training(opts: RunOptions, on_step: Callable[[dict[str, Any]], None] | N
         igu = dataclasses.replace(igu, task_type=igu.task_type or "CAUSAL_LM")
     args = dataclasses.replace(opts.train, output_dir=str(run))
     total = args.total_steps(len(train_rows))
-    peft_model, controller = build_method(model, opts.method, igu, total)
+    if fixed_ranks is None:
+        peft_model, controller = build_method(model, opts.method, igu, total)
+    else:
+        peft_model, controller = build_fixed_lora(model, fixed_ranks, igu)
     resolved = dataclasses.replace(opts, igulora=getattr(controller, "config", igu).with_total_step(total), train=args)
     atomic_write_json(run / "config.json", {**resolved.to_dict(), "model_kind": kind, "num_labels": num_labels})
     start_params = head_param_count(peft_model) + sum(
         p.numel() for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" in n)
+    on_step = _with_tensorboard(run, on_step) if opts.tensorboard else on_step
     result = fit(peft_model, controller, train_rows, make_collate(task, tokenizer, opts.max_length), args,
                  evaluate=make_evaluator(task, tokenizer, eval_rows, opts.max_length, opts.eval_batch_size,
                                          opts.max_new_tokens),
@@ -139,6 +166,26 @@ def run_training(opts: RunOptions, on_step: Callable[[dict[str, Any]], None] | N
     _write_outputs(run, opts, task, peft_model, controller, result, start_params, end_params,
                    adapter_param_count(peft_model, controller))
     return run
+
+
+def _with_tensorboard(run: Path, on_step: Callable[[dict[str, Any]], None] | None) -> Callable:
+    """Also log loss, learning rate and budget to TensorBoard in ``RUN/tensorboard``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from err
+    writer = SummaryWriter(str(run / "tensorboard"))
+
+    def log(info: dict[str, Any]) -> None:
+        for key in ("loss", "lr", "budget", "active_budget"):
+            if key in info:
+                writer.add_scalar(f"train/{key}", info[key], info["step"])
+        if info["step"] == info["total"]:
+            writer.close()
+        if on_step is not None:
+            on_step(info)
+
+    return log
 
 
 def _write_outputs(run: Path, opts: RunOptions, task: Any, peft_model: Any, controller: Any, result: Any,
