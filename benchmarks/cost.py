@@ -135,22 +135,28 @@ def timing(args):
 
 
 def memory_child(name, args):
-    steps = 6
-    model, timed, opt, tok = setup(name, args.model, 20)
-    for b in batches(tok, steps, args.batch_size, args.max_length):
-        one_step(model, timed, opt, b)
+    """Peak memory of training in a fresh process: peak after training minus peak after set-up (CPU RSS),
+    or ``max_memory_allocated`` on CUDA; plus the allocator's score-state bytes."""
     from igulora.train import peak_memory_mb
 
-    print(json.dumps({"peak_mb": peak_memory_mb(next(model.parameters()).device)}))
+    model, timed, opt, tok = setup(name, args.model, 20)
+    data = batches(tok, 4, args.mem_batch_size, args.mem_max_length)
+    device = next(model.parameters()).device
+    before = peak_memory_mb(device)
+    for b in data:
+        one_step(model, timed, opt, b)
+    state = getattr(timed.ctrl, "score_memory_bytes", None)
+    print(json.dumps({"peak_mb": peak_memory_mb(device), "train_peak_mb": peak_memory_mb(device) - before,
+                      "score_state_mb": state() / 2**20 if state else 0.0}))
 
 
 def memory(args):
     out = {}
     for n in VARIANTS:
         cmd = [sys.executable, __file__, "--memory-child", n, "--model", args.model,
-               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+               "--mem-batch-size", str(args.mem_batch_size), "--mem-max-length", str(args.mem_max_length)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        out[n] = json.loads(res.stdout.strip().splitlines()[-1])["peak_mb"]
+        out[n] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
 
 
@@ -163,13 +169,17 @@ def write(results, args):
     lines = [f"Model {args.model}, SST-2 batches of {args.batch_size} x <= {args.max_length} tokens, "
              f"{args.rounds} interleaved rounds x {args.steps_per_round} steps, {env['device']} "
              f"({env['cpus']} threads), torch {env['torch']}.", "",
-             "| method | s / step | x AdaLoRA | x LoRA | bookkeeping share | peak MB | x AdaLoRA mem |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"Memory: fresh process per method, {args.mem_batch_size} x {args.mem_max_length}-token batches; "
+             "training peak = peak RSS after 4 steps minus peak RSS after set-up (CPU) or max_memory_allocated (CUDA).",
+             "",
+             "| method | s / step (mean ± sd) | x AdaLoRA | x LoRA | bookkeeping share | training peak MB | "
+             "x AdaLoRA mem | score state MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     t, m = results["timing"], results["memory"]
     for n in VARIANTS:
         lines.append(f"| {n} | {t[n]['step_s_mean']:.3f} ± {t[n]['step_s_stdev']:.3f} | {t[n]['x_adalora']:.2f} | "
-                     f"{t[n]['x_lora']:.2f} | {100 * t[n]['bookkeeping_share']:.1f}% | {m[n]:.0f} | "
-                     f"{m[n] / m['adalora']:.3f} |")
+                     f"{t[n]['x_lora']:.2f} | {100 * t[n]['bookkeeping_share']:.1f}% | {m[n]['train_peak_mb']:.0f} | "
+                     f"{m[n]['train_peak_mb'] / m['adalora']['train_peak_mb']:.3f} | {m[n]['score_state_mb']:.2f} |")
     (res_dir / "cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -183,6 +193,8 @@ def main():
     p.add_argument("--steps-per-round", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--memory-child", default=None)
+    p.add_argument("--mem-batch-size", type=int, default=64, help="batch of the memory runs (activations dominate)")
+    p.add_argument("--mem-max-length", type=int, default=128)
     args = p.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, args)

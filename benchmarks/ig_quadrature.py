@@ -14,27 +14,17 @@ from pathlib import Path
 
 import torch
 
-from igulora import IguLoraConfig, get_igu_model, integrated_gradients
-from igulora.allocator import task_model
+from igulora import IguLoraConfig, get_igu_model
 from igulora.data import get_task, load_examples
+from igulora.ig import completeness_gap
 from igulora.models import load_model_and_tokenizer
 from igulora.pipeline import make_collate
-from igulora.units import find_rank_groups, path_point
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def gap_table(peft_model, batch, ns, form):
-    inner = task_model(peft_model)
-    with torch.no_grad():
-        l_on = inner(**batch).loss.item()
-        with path_point(find_rank_groups(peft_model), 0.0):
-            l_off = inner(**batch).loss.item()
-    out = {}
-    for n in ns:
-        ig = integrated_gradients(peft_model, batch, n, "trapezoid", ig_form=form)
-        out[n] = abs(sum(v.sum().item() for v in ig.values()) - (l_on - l_off)) / abs(l_on - l_off)
-    return out
+    return {n: completeness_gap(peft_model, batch, n, form) for n in ns}
 
 
 def main() -> None:

@@ -7,24 +7,12 @@ import pytest
 import torch
 from tiny import cls_batch, randomize_adapter, tiny_bert
 
-from igulora import IguLoraConfig, get_igu_model, integrated_gradients
-from igulora.allocator import task_model
-from igulora.units import find_rank_groups, path_point
+from igulora import IguLoraConfig, get_igu_model
+from igulora.ig import completeness_gap
 
 
 def completeness_gaps(peft_model, batch, ns, form):
-    inner = task_model(peft_model)
-    with torch.no_grad():
-        l_on = inner(**batch).loss.item()
-        # adapter factors switched off (theta = 0); a trained head (modules_to_save) stays as it is
-        with path_point(find_rank_groups(peft_model), 0.0):
-            l_off = inner(**batch).loss.item()
-    delta = l_on - l_off
-    gaps = {}
-    for n in ns:
-        ig = integrated_gradients(peft_model, batch, n, "trapezoid", ig_form=form)
-        gaps[n] = abs(sum(v.sum().item() for v in ig.values()) - delta) / abs(delta)
-    return gaps
+    return {n: completeness_gap(peft_model, batch, n, form) for n in ns}
 
 
 @pytest.fixture

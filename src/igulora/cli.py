@@ -82,6 +82,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, single: bool = True) -> Non
         p.add_argument("--task", default=None, help=f"one of: {TASK_HELP}")
         p.add_argument("--method", default=None, choices=METHOD_CHOICES, help="default igulora")
         p.add_argument("--output-dir", default=None, help="run directory (default runs/TASK-METHOD-seedSEED)")
+        p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
+        p.add_argument("--overwrite", action="store_true", help="delete an existing --output-dir first")
     p.add_argument("--config", default=None, help="YAML or JSON file with the same keys; flags override it")
     p.add_argument("--target-modules", default=None, help="comma-separated module names (default: attention+MLP)")
     p.add_argument("--no-reapply-mask", action="store_true", default=None,
@@ -89,11 +91,10 @@ def add_run_arguments(p: argparse.ArgumentParser, *, single: bool = True) -> Non
     p.add_argument("--bf16", action="store_true", default=None, help="autocast forward passes to bfloat16")
     p.add_argument("--two-stage", action="store_true", default=None,
                    help="igulora: after allocation, retrain a fresh adapter with the found ranks fixed")
-    p.add_argument("--tensorboard", action="store_true", default=None, help="log to RUN/tensorboard (needs tensorboard)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="log to RUN/tensorboard (needs tensorboard)")
     p.add_argument("--text-fields", default=None, help="custom task: text column(s), comma-separated")
     p.add_argument("--label-field", default=None, help="custom task: label column")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing --output-dir first")
     p.add_argument("--quiet", action="store_true", help="no progress bar; log lines only")
     _add_flags(p, _ADAPTER_FLAGS, "IGU-LoRA / adapter")
     _add_flags(p, _TRAIN_FLAGS, "training")

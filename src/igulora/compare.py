@@ -92,7 +92,6 @@ def _options(ns: argparse.Namespace, base: dict[str, Any], task: str, variant: V
 
     sub = argparse.Namespace(**{k: v for k, v in vars(ns).items()
                                 if k not in ("tasks", "methods", "seeds", "output_dir", "config")})
-    sub.resume = sub.overwrite = False
     values = {**base, **variant.overrides, "task": task, "method": variant.method, "seed": seed,
               "output_dir": str(run_dir), "variant": variant.name}
     # variant overrides win over shared flags: drop flags the variant sets
@@ -146,7 +145,8 @@ def run_compare(ns: argparse.Namespace) -> list[dict[str, Any]]:
         atomic_write_json(out / "results.json", {"runs": records, "planned": len(runs)})
         if error is None:
             m = records[-1]
-            print(f"{label}: {m['primary_metric']} = {m['primary']:.4f}, trainable params {m['trainable_params_end']:,},"
+            print(f"{label}: {m['primary_metric']} = {m['primary']:.4f}, "
+                  f"trainable params {m['trainable_params_end']:,},"
                   f" {m['train_time_s']:.0f} s")
     write_compare_report(out)
     print((out / "results.md").read_text())

@@ -43,7 +43,7 @@ def export_run(run_dir: str | Path, to: str, output: str | Path, base_model: str
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"--output {out} already exists and is not empty")
-    peft_model, tokenizer, cfg = load_trained(run_dir, base_model)
+    peft_model, tokenizer, _ = load_trained(run_dir, base_model)
     if to == "merged":
         export_merged(peft_model, out, tokenizer)
     elif json.loads((Path(run_dir) / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA":

@@ -56,3 +56,24 @@ def integrated_gradients(
         names[id(p)]: scoring.integrated_gradient(p.detach(), [node[i] for node in nodes], rule, end[i])
         for i, p in enumerate(params)
     }
+
+
+def completeness_gap(
+    peft_model: nn.Module, batch: Batch, ig_steps: int, ig_form: str = "u", *, adapter: str = "default"
+) -> float:
+    """Relative completeness gap of the trapezoid, ``|sum(IG) - (L(theta) - L(0))| / |L(theta) - L(0)|``.
+
+    ``L(0)`` switches the adapter factors off (a trained head in ``modules_to_save`` stays). Run
+    the model in eval mode, ideally in float64, so that rounding does not hide the quadrature error.
+    """
+    from .allocator import task_model
+    from .units import path_point
+
+    inner = task_model(peft_model)
+    with torch.no_grad():
+        l_on = inner(**batch).loss.item()
+        with path_point(find_rank_groups(peft_model, adapter), 0.0):
+            l_off = inner(**batch).loss.item()
+    ig = integrated_gradients(peft_model, batch, ig_steps, "trapezoid", ig_form=ig_form, adapter=adapter)
+    delta = l_on - l_off
+    return abs(sum(v.sum().item() for v in ig.values()) - delta) / abs(delta)

@@ -63,5 +63,5 @@ def inspect_path(path: str | Path) -> str:
            f"ranks: {sum(ranks.values())} of {init_r * len(ranks) if init_r else '?'} initial", "",
            rank_table_markdown(ranks, init_r=init_r), "",
            f"trainable parameters: {total + other:,} (adapter {total:,}, other saved modules {other:,})", ""]
-    out += _share_table("layer", dict(by_layer), total) + [""] + _share_table("module type", dict(by_type), total)
+    out += [*_share_table("layer", dict(by_layer), total), "", *_share_table("module type", dict(by_type), total)]
     return "\n".join(out)
