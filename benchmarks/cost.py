@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -134,20 +136,38 @@ def timing(args):
     return out
 
 
-def memory_child(name, args):
-    """Peak memory of training in a fresh process: peak after training minus peak after set-up (CPU RSS),
-    or ``max_memory_allocated`` on CUDA; plus the allocator's score-state bytes."""
-    from igulora.train import peak_memory_mb
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
+
+def memory_child(name, args):
+    """Peak memory of training in a fresh process. CUDA: ``max_memory_allocated``. CPU: the peak of the
+    resident set sampled every 2 ms during 4 training steps, minus the resident set just before them.
+    Also the allocator's score-state bytes."""
     model, timed, opt, tok = setup(name, args.model, 20)
     data = batches(tok, 4, args.mem_batch_size, args.mem_max_length)
+    one_step(model, timed, opt, data[0])  # first step allocates optimizer state
     device = next(model.parameters()).device
-    before = peak_memory_mb(device)
-    for b in data:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    base, peak, stop = _rss_mb(), [0.0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    for b in data[1:]:
         one_step(model, timed, opt, b)
+    stop.set()
+    thread.join()
+    train_peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                  else max(peak[0], _rss_mb()) - base)
     state = getattr(timed.ctrl, "score_memory_bytes", None)
-    print(json.dumps({"peak_mb": peak_memory_mb(device), "train_peak_mb": peak_memory_mb(device) - before,
-                      "score_state_mb": state() / 2**20 if state else 0.0}))
+    print(json.dumps({"train_peak_mb": train_peak, "score_state_mb": state() / 2**20 if state else 0.0}))
 
 
 def memory(args):
@@ -170,7 +190,8 @@ def write(results, args):
              f"{args.rounds} interleaved rounds x {args.steps_per_round} steps, {env['device']} "
              f"({env['cpus']} threads), torch {env['torch']}.", "",
              f"Memory: fresh process per method, {args.mem_batch_size} x {args.mem_max_length}-token batches; "
-             "training peak = peak RSS after 4 steps minus peak RSS after set-up (CPU) or max_memory_allocated (CUDA).",
+             "training peak = resident-set peak during 3 steps minus the resident set before them (CPU, sampled every "
+             "2 ms) or max_memory_allocated (CUDA).",
              "",
              "| method | s / step (mean ± sd) | x AdaLoRA | x LoRA | bookkeeping share | training peak MB | "
              "x AdaLoRA mem | score state MB |",
@@ -179,7 +200,8 @@ def write(results, args):
     for n in VARIANTS:
         lines.append(f"| {n} | {t[n]['step_s_mean']:.3f} ± {t[n]['step_s_stdev']:.3f} | {t[n]['x_adalora']:.2f} | "
                      f"{t[n]['x_lora']:.2f} | {100 * t[n]['bookkeeping_share']:.1f}% | {m[n]['train_peak_mb']:.0f} | "
-                     f"{m[n]['train_peak_mb'] / m['adalora']['train_peak_mb']:.3f} | {m[n]['score_state_mb']:.2f} |")
+                     f"{m[n]['train_peak_mb'] / max(m['adalora']['train_peak_mb'], 1e-9):.3f} | "
+                     f"{m[n]['score_state_mb']:.2f} |")
     (res_dir / "cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -193,14 +215,22 @@ def main():
     p.add_argument("--steps-per-round", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--memory-child", default=None)
+    p.add_argument("--reuse-timing", action="store_true", help="reuse a saved timing part (after a failed memory part)")
     p.add_argument("--mem-batch-size", type=int, default=64, help="batch of the memory runs (activations dominate)")
     p.add_argument("--mem-max-length", type=int, default=128)
     args = p.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, args)
         return
-    results = {"timing": timing(args), "memory": memory(args)}
+    partial = ROOT / "benchmarks" / "results" / "cost.timing.json"
+    if args.reuse_timing and partial.is_file():
+        results = {"timing": json.loads(partial.read_text())}
+    else:
+        results = {"timing": timing(args)}
+        partial.write_text(json.dumps(results["timing"], indent=2))
+    results["memory"] = memory(args)
     write(results, args)
+    partial.unlink()
 
 
 if __name__ == "__main__":

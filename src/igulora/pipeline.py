@@ -12,14 +12,13 @@ wrapped in the tokenizer's chat template when it has one. Evaluation:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from .data import TaskSpec, compute_metrics
+from .data import TaskSpec, compute_metrics, perplexity_metrics
 
 IGNORE = -100
 
@@ -155,8 +154,7 @@ def make_evaluator(
     def evaluate(model: nn.Module) -> dict[str, float]:
         model.eval()
         if task.kind == "sft":
-            loss = _mean_loss(model, rows, collate, batch_size)
-            return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "primary": math.exp(min(loss, 50.0))}
+            return perplexity_metrics(_mean_loss(model, rows, collate, batch_size))
         if task.kind == "choice":
             preds = _choice_predictions(model, tokenizer, rows, max_length, batch_size)
             refs: list = [r["label"] for r in rows]

@@ -105,13 +105,39 @@ def default_target_modules(model: nn.Module) -> list[str]:
 
 
 # --------------------------------------------------------------------------- path forward
+class _GradScale(torch.autograd.Function):
+    """Identity in value (no copy), gradient multiplied by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+class _ValueScale(torch.autograd.Function):
+    """Value multiplied by ``scale``, gradient passed through unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        return x * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
 class _PathSVDLinear(SVDLinear):
     """``SVDLinear`` whose forward can run at a point of the IG path.
 
     ``self._igu_path`` is ``None`` (plain PEFT forward), ``("path", u)`` or ``("coupled", c)``.
-    With ``("path", u)`` the adapter term ``a`` enters as ``a + (u - 1) * a.detach()`` (value
-    ``u * a``, gradient to the factors unscaled) and its input as ``u x + (1 - u) x.detach()``
-    (so the gradient into ``x`` is the true one, ``W0 + u delta_W``).
+    With ``("path", u)`` the adapter term ``a`` enters with value ``u * a`` but an unscaled gradient to
+    the factors, and its input passes the gradient scaled by ``u`` (so the gradient into ``x`` is the
+    true one, ``W0 + u delta_W``). Both are custom autograd functions that save nothing, so a probe
+    pass needs no more memory than a training pass.
     """
 
     _igu_path: tuple[str, float] | None = None
@@ -131,9 +157,8 @@ class _PathSVDLinear(SVDLinear):
             scale = self.scaling[active] / (self.ranknum[active] + 1e-5)
             xin = self.lora_dropout[active](self._cast_input_dtype(x, lora_A.dtype))
             if kind == "path":
-                xin = value * xin + (1.0 - value) * xin.detach()
-                a = (xin @ (lora_A * lora_E).T @ lora_B.T) * scale
-                result = result + (a + (value - 1.0) * a.detach()).to(result.dtype)
+                a = (_GradScale.apply(xin, value) @ (lora_A * lora_E).T @ lora_B.T) * scale
+                result = result + _ValueScale.apply(a, value).to(result.dtype)
             else:
                 a = (xin @ (lora_A * lora_E).T @ lora_B.T) * scale
                 result = result + (value * a).to(result.dtype)
