@@ -111,3 +111,13 @@ def test_two_stage(tmp_path, minilm_path, shared_data, capsys):
     assert adapter["peft_type"] == "LORA"
     assert adapter["rank_pattern"] == {k: v for k, v in stage1.items() if v > 0}
     assert main(["export", str(out), "--to", "lora", "--output", str(tmp_path / "exp")]) == 0
+
+
+def test_demo_command_wiring(tmp_path, monkeypatch, capsys, minilm_path, shared_data):
+    """The demo runs ``train`` with its fixed settings and prints the allocation (tiny settings here)."""
+    from igulora import commands
+
+    monkeypatch.setattr(commands, "DEMO_ARGS", ["--task", "sst2", "--method", "igulora", *FAST[:-1]])
+    assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Final rank allocation" in out and "rank heatmap:" in out and "accuracy" in out

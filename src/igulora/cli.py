@@ -169,6 +169,7 @@ def _setup_logging(quiet: bool) -> None:
 
     logging.basicConfig(level=logging.INFO if quiet else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("igulora.models").setLevel(logging.INFO)  # says where converted models are cached
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

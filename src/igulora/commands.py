@@ -12,7 +12,7 @@ from .cli import add_run_arguments, build_options
 
 DEMO_ARGS = [
     "--model", "minilm", "--task", "sst2", "--method", "igulora", "--max-train-samples", "4000",
-    "--max-steps", "250", "--batch-size", "32", "--lr", "1e-3", "--max-length", "64",
+    "--max-steps", "200", "--batch-size", "32", "--lr", "3e-3", "--max-length", "64",
     "--init-r", "8", "--target-r", "4", "--tinit", "0.1", "--tfinal", "0.3", "--deltaT", "10",
     "--eval-batch-size", "64",
 ]
@@ -77,7 +77,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     extra = ["--output-dir", ns.output_dir, "--overwrite"]
     demo_ns = parser.parse_args(DEMO_ARGS + extra + (["--quiet"] if ns.quiet else []))
     print("igulora demo: IGU-LoRA on MiniLM (all-MiniLM-L6-v2) + SST-2, 4000 training sentences, "
-          "250 steps, rank 8 -> average 4; evaluated on the full SST-2 dev set (872 sentences).")
+          "200 steps of 32, rank 8 -> average 4; evaluated on the full SST-2 dev set (872 sentences).")
     return cmd_train(demo_ns)
 
 
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a model on a task with lora, adalora or igulora")
     add_run_arguments(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("demo", help="a short real run: IGU-LoRA on MiniLM + SST-2 (about 5 minutes on 2 CPU cores)")
+    p = sub.add_parser("demo", help="a short real run: IGU-LoRA on MiniLM + SST-2 (a few minutes on 2 CPU cores)")
     p.add_argument("--output-dir", default="runs/demo", help="run directory (default runs/demo, overwritten)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
