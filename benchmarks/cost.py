@@ -32,6 +32,7 @@ from igulora.data import (
 from igulora.methods import build_method
 from igulora.models import load_model_and_tokenizer
 from igulora.pipeline import make_collate
+from igulora.runner import quiet_transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,6 +208,7 @@ def write(results, args):
 
 
 def main():
+    quiet_transformers()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="minilm")
     p.add_argument("--batch-size", type=int, default=32)

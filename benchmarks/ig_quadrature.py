@@ -19,6 +19,7 @@ from igulora.data import get_task, load_examples
 from igulora.ig import completeness_gap
 from igulora.models import load_model_and_tokenizer
 from igulora.pipeline import make_collate
+from igulora.runner import quiet_transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,7 @@ def gap_table(peft_model, batch, ns, form):
 
 
 def main() -> None:
+    quiet_transformers()
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(0)
     model, tok = load_model_and_tokenizer("minilm", "seq_cls", num_labels=2)

@@ -11,8 +11,8 @@ from typing import Any, NoReturn
 from .cli import add_run_arguments, build_options
 
 DEMO_ARGS = [
-    "--model", "minilm", "--task", "sst2", "--method", "igulora", "--max-train-samples", "4000",
-    "--max-steps", "200", "--batch-size", "32", "--lr", "3e-3", "--max-length", "64",
+    "--model", "minilm", "--task", "sst2", "--method", "igulora", "--max-train-samples", "6000",
+    "--max-steps", "300", "--batch-size", "32", "--lr", "3e-3", "--max-length", "64",
     "--init-r", "8", "--target-r", "4", "--tinit", "0.1", "--tfinal", "0.3", "--deltaT", "10",
     "--eval-batch-size", "64",
 ]
@@ -76,8 +76,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     add_run_arguments(parser)
     extra = ["--output-dir", ns.output_dir, "--overwrite"]
     demo_ns = parser.parse_args(DEMO_ARGS + extra + (["--quiet"] if ns.quiet else []))
-    print("igulora demo: IGU-LoRA on MiniLM (all-MiniLM-L6-v2) + SST-2, 4000 training sentences, "
-          "200 steps of 32, rank 8 -> average 4; evaluated on the full SST-2 dev set (872 sentences).")
+    print("igulora demo: IGU-LoRA on MiniLM (all-MiniLM-L6-v2) + SST-2, 6000 training sentences, "
+          "300 steps of 32, rank 8 -> average 4; evaluated on the full SST-2 dev set (872 sentences).")
     return cmd_train(demo_ns)
 
 
