@@ -46,6 +46,10 @@ def test_compare_runs_skips_and_reports(tmp_path, capsys, minilm_path, shared_da
     assert main(argv) == 0  # rerun: everything skipped
     assert capsys.readouterr().out.count("finished earlier, skipped") == 12
     assert main(["report", str(out)]) == 0
+    # a later invocation with other variants in the same folder keeps the earlier runs
+    assert main([*argv[:4], "igulora:score=product", *argv[5:]]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert len(runs) == 12 + 4 and {r["variant"] for r in runs} >= {"lora", "igulora:score=product"}
 
 
 def test_failed_run_is_recorded(tmp_path, capsys, minilm_path, shared_data):

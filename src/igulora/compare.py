@@ -4,8 +4,8 @@ A variant is a method name with optional overrides of run options, separated by 
 ``igulora:estimator=gradient`` or ``igulora:score=product:ig_steps=4``. Each run lives in
 ``DIR/runs/<task>/<variant>/seed<seed>/``; finished runs are skipped, an interrupted one is
 resumed from its checkpoint, and a failed one is recorded with its error without stopping the
-others. ``DIR/results.json`` lists every run; ``results.md``/``results.csv``/``report.md`` and
-the plots are regenerated after each run.
+others. ``DIR/results.json`` lists every run, including runs of earlier invocations in the same
+folder; ``results.md``/``results.csv``/``report.md`` and the plots are written at the end.
 """
 
 from __future__ import annotations
@@ -115,6 +115,19 @@ def _record(out: Path, run_dir: Path, task: str, variant: Variant, seed: int, er
     return rec
 
 
+def _earlier_records(out: Path, planned: set[str]) -> list[dict[str, Any]]:
+    """Records of runs in ``out/results.json`` from earlier invocations that this one does not plan
+    (an experiment folder accumulates, e.g. core methods first, ablations later)."""
+    path = out / "results.json"
+    if not path.is_file():
+        return []
+    try:
+        runs = json.loads(path.read_text()).get("runs", [])
+    except ValueError:
+        return []
+    return [r for r in runs if r.get("run_dir") not in planned and (out / r.get("run_dir", "")).is_dir()]
+
+
 def run_compare(ns: argparse.Namespace) -> list[dict[str, Any]]:
     """Run (or skip) every planned run, then write the tables and plots. Returns the run records."""
     from .report import write_compare_report
@@ -125,6 +138,8 @@ def run_compare(ns: argparse.Namespace) -> list[dict[str, Any]]:
     for i, (task, variant, seed) in enumerate(runs, 1):
         _options(ns, base, task, variant, seed, out / "runs" / task / variant.slug / f"seed{seed}")  # validate all
         logger.debug("planned run %d: %s %s %s", i, task, variant.name, seed)
+    earlier = _earlier_records(out, {str((out / "runs" / t / v.slug / f"seed{s}").relative_to(out))
+                                     for t, v, s in runs})
     records: list[dict[str, Any]] = []
     for i, (task, variant, seed) in enumerate(runs, 1):
         run_dir = out / "runs" / task / variant.slug / f"seed{seed}"
@@ -142,7 +157,7 @@ def run_compare(ns: argparse.Namespace) -> list[dict[str, Any]]:
                 print(f"{label}: FAILED: {error}")
             gc.collect()
         records.append(_record(out, run_dir, task, variant, seed, error))
-        atomic_write_json(out / "results.json", {"runs": records, "planned": len(runs)})
+        atomic_write_json(out / "results.json", {"runs": earlier + records, "planned": len(earlier) + len(runs)})
         if error is None:
             m = records[-1]
             print(f"{label}: {m['primary_metric']} = {m['primary']:.4f}, "
