@@ -113,8 +113,10 @@ def build_method(
 ) -> tuple[nn.Module, RankController]:
     """Wrap ``model`` for ``method`` at a matched budget and return ``(peft_model, controller)``.
 
-    ``lora`` uses rank ``round(target_r)`` on the same modules; ``adalora`` PEFT's AdaLoRA with the
-    same ``init_r -> target_r`` schedule; ``igulora`` :func:`igulora.get_igu_model`.
+    ``lora`` uses the rank whose parameter count matches IGU-LoRA's final budget
+    (:func:`matched_lora_rank`) on the same modules, with ``lora_alpha`` set so that its update scale
+    ``lora_alpha / r`` equals the SVD form's ``lora_alpha / init_r``; ``adalora`` is PEFT's AdaLoRA
+    with the same ``init_r -> target_r`` schedule; ``igulora`` is :func:`igulora.get_igu_model`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -128,6 +130,8 @@ def build_method(
     }
     if method == "lora":
         r = matched_lora_rank(model, targets, config)
+        # same update scale as the SVD form (lora_alpha / init_r), so one learning rate suits all methods
+        common["lora_alpha"] = config.lora_alpha * r / config.init_r
         peft_model = get_peft_model(model, LoraConfig(r=r, **common))
         return peft_model, LoraController(peft_model, r)
     _, tinit, tfinal, delta = config.schedule_steps()
