@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -151,9 +150,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="a run directory or a compare directory")
     p.set_defaults(func=cmd_report)
     return parser
-
-
-def main() -> None:  # pragma: no cover - console entry point alias
-    from .cli import main as _main
-
-    sys.exit(_main())

@@ -106,10 +106,6 @@ def write_rank_pattern(
         cfg.rank_pattern = {g.rank_pattern_key: keep[g.name].tolist() for g in groups}
 
 
-def trainable_parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 # --------------------------------------------------------------------------- export
 def lora_state_from_adalora(
     peft_model: nn.Module, adapter: str = "default"

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -306,7 +306,3 @@ def _truncate_log(path: Path, step: int) -> None:
     from .io import atomic_write_text
 
     atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
-def args_dict(args: TrainArgs) -> dict[str, Any]:
-    return asdict(args)
