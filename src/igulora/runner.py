@@ -162,9 +162,9 @@ def run_training(opts: RunOptions, on_step: Callable[[dict[str, Any]], None] | N
                  evaluate=make_evaluator(task, tokenizer, eval_rows, opts.max_length, opts.eval_batch_size,
                                          opts.max_new_tokens),
                  resume=opts.resume, on_step=on_step)
-    end_params = head_param_count(peft_model) + adapter_param_count(peft_model, controller)
-    _write_outputs(run, opts, task, peft_model, controller, result, start_params, end_params,
-                   adapter_param_count(peft_model, controller))
+    adapter_params = adapter_param_count(peft_model, controller)
+    _write_outputs(run, opts, task, peft_model, controller, result, start_params,
+                   head_param_count(peft_model) + adapter_params, adapter_params)
     return run
 
 
