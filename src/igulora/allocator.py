@@ -205,8 +205,8 @@ class IguAllocator:
 
     def _record(self, t: int, phase: Phase, budget: int, masked: bool, scored: bool, skipped: bool) -> StepRecord:
         ranks = self.rank_pattern()
-        active_budget = sum(ranks[self._short(g)] * c for g, c in zip(self.groups, self.unit_costs))
-        active_params = sum(ranks[self._short(g)] * (g.d_in + g.d_out + 1) for g in self.groups)
+        active_budget = sum(ranks[g.short_name] * c for g, c in zip(self.groups, self.unit_costs))
+        active_params = sum(ranks[g.short_name] * (g.d_in + g.d_out + 1) for g in self.groups)
         return StepRecord(t, phase.value, budget, masked, scored, active_budget, active_params, ranks, skipped)
 
     # ------------------------------------------------------------------ scores
@@ -289,12 +289,9 @@ class IguAllocator:
             mask = self.keep[g.name].to(g.E.device).view(-1, 1)
             g.E.masked_fill_(~mask, 0.0)
 
-    def _short(self, g: RankGroup) -> str:
-        return g.name.removeprefix("base_model.model.")
-
     def rank_pattern(self) -> dict[str, int]:
         """``{module name: active rank}`` (names relative to the base model)."""
-        return {self._short(g): int(self.keep[g.name].sum()) for g in self.groups}
+        return {g.short_name: int(self.keep[g.name].sum()) for g in self.groups}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

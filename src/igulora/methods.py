@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import IguLoraConfig
 from .peft_backend import _matches, get_igu_model, resolve_target_modules
-from .units import find_rank_groups
+from .units import find_rank_groups, model_relative
 
 METHODS = ("lora", "adalora", "igulora")
 
@@ -29,17 +29,13 @@ class RankController(Protocol):
     def rank_pattern(self) -> dict[str, int]: ...
 
 
-def _short(name: str) -> str:
-    return name.removeprefix("base_model.model.")
-
-
 class LoraController:
     """Plain LoRA: nothing to allocate; fixed rank ``r`` everywhere."""
 
     def __init__(self, peft_model: nn.Module, r: int) -> None:
         self.model, self.r, self.history = peft_model, r, []
-        self.modules = [_short(n) for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and "default" in
-                        getattr(m, "lora_A", {})]
+        self.modules = [model_relative(n) for n, m in peft_model.named_modules()
+                        if "default" in getattr(m, "lora_A", {})]
 
     def set_total_step(self, total_step: int) -> None:
         pass
@@ -88,9 +84,9 @@ class AdaLoraController:
         pattern = self.cfg.rank_pattern or {}
         out = {}
         for g in self.groups:
-            key = f"{_short(g.name)}.lora_E"
+            key = f"{g.short_name}.lora_E"
             bits = pattern.get(g.rank_pattern_key, pattern.get(key))
-            out[_short(g.name)] = int(sum(bits)) if bits is not None else g.r
+            out[g.short_name] = int(sum(bits)) if bits is not None else g.r
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -182,7 +178,7 @@ def matched_lora_rank(model: nn.Module, targets: list[str] | str, config: IguLor
 def adapter_param_count(peft_model: nn.Module, controller: RankController) -> int:
     """Adapter parameters of the active ranks: ``r (d_in + d_out)`` for LoRA, ``r (d_in + d_out + 1)``
     for the SVD form."""
-    groups = {_short(g.name): g for g in find_rank_groups(peft_model)}
+    groups = {g.short_name: g for g in find_rank_groups(peft_model)}
     total = 0
     for name, r in controller.rank_pattern().items():
         if name in groups:

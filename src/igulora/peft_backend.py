@@ -129,7 +129,7 @@ def lora_state_from_adalora(
             mag = (lam[kept].abs() * s).sqrt()
             lora_b = g.B.detach()[:, kept] * mag
             lora_a = (torch.sign(lam[kept]) * mag).view(-1, 1) * g.A.detach()[kept]
-        name = g.name.removeprefix("base_model.model.")
+        name = g.short_name
         ranks[name] = int(kept.numel())
         state[f"base_model.model.{name}.lora_A.weight"] = lora_a.contiguous()
         state[f"base_model.model.{name}.lora_B.weight"] = lora_b.contiguous()

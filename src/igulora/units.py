@@ -25,6 +25,11 @@ from peft.tuners.adalora.layer import SVDLinear
 from torch import nn
 
 
+def model_relative(name: str) -> str:
+    """A module name inside a ``PeftModel`` made relative to the base model (``base_model.model.`` removed)."""
+    return name.removeprefix("base_model.model.")
+
+
 @dataclass
 class RankGroup:
     """One adapted matrix and its rank units."""
@@ -67,11 +72,15 @@ class RankGroup:
         return {"A": self.A, "E": self.E, "B": self.B}
 
     @property
+    def short_name(self) -> str:
+        """The module name relative to the base model (the key of rank patterns and reports)."""
+        return model_relative(self.name)
+
+    @property
     def rank_pattern_key(self) -> str:
         """The key PEFT's ``rank_pattern`` uses for this matrix (the ``lora_E`` parameter name,
         relative to the inner model)."""
-        inner = self.name.removeprefix("base_model.model.")
-        return f"{inner}.lora_E.{self.adapter}"
+        return f"{self.short_name}.lora_E.{self.adapter}"
 
 
 def find_rank_groups(model: nn.Module, adapter: str = "default") -> list[RankGroup]:
