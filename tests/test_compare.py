@@ -1,6 +1,7 @@
 """``igulora compare`` on two tasks x three methods x two seeds (tiny slices), and ``report``."""
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -20,6 +21,28 @@ def test_parse_variant():
         parse_variant("dora")
 
 
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+CONFIGS = sorted((BENCH / "configs").glob("*.yaml")) + sorted((BENCH / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_benchmark_configs_and_recipes_are_valid(config, tmp_path, capsys):
+    """Every run of every benchmark config and paper-scale recipe passes option validation (--dry-run
+    trains nothing and writes nothing)."""
+    out = tmp_path / "never"
+    assert main(["compare", "--config", str(config), "--output-dir", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("dry run:") and "all options valid" in lines[-1]
+    assert sum("would run" in line for line in lines) >= 6
+    assert not out.exists()
+
+
+def test_compare_rejects_unknown_task_before_any_run(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--tasks", "sst2,ssst2", "--methods", "lora", "--output-dir", str(out)]) == 2
+    assert "unknown task 'ssst2'" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_compare_runs_skips_and_reports(tmp_path, capsys, minilm_path, shared_data):
@@ -46,6 +69,8 @@ def test_compare_runs_skips_and_reports(tmp_path, capsys, minilm_path, shared_da
     assert main(argv) == 0  # rerun: everything skipped
     assert capsys.readouterr().out.count("finished earlier, skipped") == 12
     assert main(["report", str(out)]) == 0
+    assert main([*argv, "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("finished, would be skipped") == 12
     # a later invocation with other variants in the same folder keeps the earlier runs
     assert main([*argv[:4], "igulora:score=product", *argv[5:]]) == 0
     runs = json.loads((out / "results.json").read_text())["runs"]

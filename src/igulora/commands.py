@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated methods or variants, e.g. lora,adalora,igulora,igulora:estimator=gradient")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0)")
     p.add_argument("--output-dir", default=None, help="experiment directory (default runs/compare)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate every run's options and list the runs (new, to resume, finished); train nothing")
     add_run_arguments(p, single=False)
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("report", help="tables and plots for a run or compare directory")

@@ -91,7 +91,7 @@ def _options(ns: argparse.Namespace, base: dict[str, Any], task: str, variant: V
     from .cli import build_options
 
     sub = argparse.Namespace(**{k: v for k, v in vars(ns).items()
-                                if k not in ("tasks", "methods", "seeds", "output_dir", "config")})
+                                if k not in ("tasks", "methods", "seeds", "output_dir", "config", "dry_run")})
     values = {**base, **variant.overrides, "task": task, "method": variant.method, "seed": seed,
               "output_dir": str(run_dir), "variant": variant.name}
     # variant overrides win over shared flags: drop flags the variant sets
@@ -128,16 +128,42 @@ def _earlier_records(out: Path, planned: set[str]) -> list[dict[str, Any]]:
     return [r for r in runs if r.get("run_dir") not in planned and (out / r.get("run_dir", "")).is_dir()]
 
 
+def _print_plan(out: Path, runs: list[tuple[str, Variant, int]]) -> list[dict[str, Any]]:
+    """``--dry-run``: list the planned runs and what a real invocation would do with each."""
+    plan_rows = []
+    for i, (task, variant, seed) in enumerate(runs, 1):
+        run_dir = out / "runs" / task / variant.slug / f"seed{seed}"
+        if is_finished(run_dir):
+            status = "finished, would be skipped"
+        elif (run_dir / "checkpoints" / "latest.json").is_file():
+            status = "interrupted, would resume"
+        else:
+            status = "would run"
+        print(f"[{i}/{len(runs)}] {task} {variant.name} seed {seed}: {status} ({run_dir})")
+        plan_rows.append({"task": task, "variant": variant.name, "seed": seed, "run_dir": str(run_dir),
+                          "status": status})
+    print(f"dry run: {len(runs)} runs planned, all options valid; nothing was trained")
+    return plan_rows
+
+
 def run_compare(ns: argparse.Namespace) -> list[dict[str, Any]]:
-    """Run (or skip) every planned run, then write the tables and plots. Returns the run records."""
+    """Run (or skip) every planned run, then write the tables and plots. Returns the run records.
+
+    Every run's options (and every task name) are validated before the first run starts; with
+    ``ns.dry_run`` the plan is printed and nothing is trained or written."""
+    from .data import get_task
     from .report import write_compare_report
     from .runner import run_training
 
     out, runs, base = plan(ns)
-    out.mkdir(parents=True, exist_ok=True)
+    for task in dict.fromkeys(t for t, _, _ in runs):
+        get_task(task)  # an unknown task fails now, not after hours of other runs
     for i, (task, variant, seed) in enumerate(runs, 1):
         _options(ns, base, task, variant, seed, out / "runs" / task / variant.slug / f"seed{seed}")  # validate all
         logger.debug("planned run %d: %s %s %s", i, task, variant.name, seed)
+    if getattr(ns, "dry_run", False):
+        return _print_plan(out, runs)
+    out.mkdir(parents=True, exist_ok=True)
     earlier = _earlier_records(out, {str((out / "runs" / t / v.slug / f"seed{s}").relative_to(out))
                                      for t, v, s in runs})
     records: list[dict[str, Any]] = []
