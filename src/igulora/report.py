@@ -189,7 +189,10 @@ def _variant_mean(runs: list[dict], variant: str, key: str) -> float | None:
 def summarise(runs: list[dict]) -> dict[str, Any]:
     """Per (variant, task) mean/std/n of the (scaled) primary metric over ok runs, plus per-variant
     averages, parameter counts and train times."""
-    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    from .data import list_tasks
+
+    known = {t: i for i, t in enumerate(list_tasks())}
+    tasks = sorted(dict.fromkeys(r["task"] for r in runs), key=lambda t: known.get(t, len(known)))  # stable order
     variants = list(dict.fromkeys(r["variant"] for r in runs))
     ok = [r for r in runs if _ok(r)]
     metric, hib, scale = {}, {}, {}
