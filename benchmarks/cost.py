@@ -1,23 +1,32 @@
 """Cost of IGU-LoRA's scoring: wall time per optimizer step and peak memory, against PEFT AdaLoRA and LoRA.
 
 Timing is interleaved (A B C ... A B C ...) in one process so that machine drift cancels; each
-method gets the same model, data and steps. Peak memory is measured per method in a fresh
-subprocess (peak RSS on CPU, ``max_memory_allocated`` on CUDA). The allocator's own bookkeeping
-(EMA, scores, masks; excluding probe passes) is timed inside ``allocator.step``.
+method gets the same model, data and steps. The allocator's own bookkeeping (EMA, scores, masks;
+excluding probe passes) is timed inside ``allocator.step``.
 
-    .venv/bin/python benchmarks/cost.py            # writes benchmarks/results/cost.json and cost.md
+Peak memory is measured per method in a fresh subprocess, as the peak of the bytes held by live
+torch tensors (what ``torch.cuda.max_memory_allocated`` reports on CUDA):
+
+    peak = static + step_peak
+    static    = parameters + buffers + optimizer state + allocator score state (exact, counted)
+    step_peak = max over the 3 measured steps of the bytes allocated minus freed since the first of
+                them began (gradients, activations, probe passes), summed from the allocation events
+                of ``torch.profiler`` (``profile_memory=True``); deterministic, unlike the resident set
+
+On CUDA, ``max_memory_allocated`` is reported instead.
+
+    .venv/bin/python benchmarks/cost.py                  # writes benchmarks/results/cost.json and cost.md
+    .venv/bin/python benchmarks/cost.py --only memory    # redo the memory part, keep the saved timing
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -137,38 +146,65 @@ def timing(args):
     return out
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def static_bytes(model, opt, ctrl) -> int:
+    """Parameters + buffers + optimizer state + allocator score state, counted once each."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers(),
+              *(v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor))]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += _tensor_bytes([t])
+    state = getattr(ctrl, "score_memory_bytes", None)
+    return total + (state() if state else 0)
+
+
+def profiled_peak_bytes(fn) -> int:
+    """Peak of (bytes allocated - bytes freed) by torch on CPU while ``fn()`` runs, from the profiler's
+    allocation events in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
 
 
 def memory_child(name, args):
-    """Peak memory of training in a fresh process. CUDA: ``max_memory_allocated``. CPU: the peak of the
-    resident set sampled every 2 ms during 4 training steps, minus the resident set just before them.
-    Also the allocator's score-state bytes."""
+    """Peak memory of 3 training steps in a fresh process (after the step(s) that create the optimizer
+    state and reach a scoring step): static bytes + the profiled step peak on CPU, ``max_memory_allocated`` on CUDA."""
     model, timed, opt, tok = setup(name, args.model, 20)
-    data = batches(tok, 4, args.mem_batch_size, args.mem_max_length)
-    one_step(model, timed, opt, data[0])  # first step allocates optimizer state
+    # the measured 3 steps must include a scoring step: with score_every=k, step k is the first
+    pre = max(1, getattr(getattr(timed.ctrl, "config", None), "score_every", 1) - 2)
+    data = batches(tok, pre + 3, args.mem_batch_size, args.mem_max_length)
+    for b in data[:pre]:  # the first step allocates the optimizer state
+        one_step(model, timed, opt, b)
     device = next(model.parameters()).device
+
+    def steps():
+        for b in data[pre:]:
+            one_step(model, timed, opt, b)
+
+    static = static_bytes(model, opt, timed.ctrl)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    base, peak, stop = _rss_mb(), [0.0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    for b in data[1:]:
-        one_step(model, timed, opt, b)
-    stop.set()
-    thread.join()
-    train_peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-                  else max(peak[0], _rss_mb()) - base)
+        steps()
+        peak, step_peak = torch.cuda.max_memory_allocated(device), None
+    else:
+        step_peak = profiled_peak_bytes(steps)
+        peak = static + step_peak
     state = getattr(timed.ctrl, "score_memory_bytes", None)
-    print(json.dumps({"train_peak_mb": train_peak, "score_state_mb": state() / 2**20 if state else 0.0}))
+    print(json.dumps({"peak_mb": peak / 2**20, "static_mb": static / 2**20,
+                      "step_peak_mb": None if step_peak is None else step_peak / 2**20,
+                      "score_state_mb": state() / 2**20 if state else 0.0}))
 
 
 def memory(args):
@@ -190,19 +226,22 @@ def write(results, args):
     lines = [f"Model {args.model}, SST-2 batches of {args.batch_size} x <= {args.max_length} tokens, "
              f"{args.rounds} interleaved rounds x {args.steps_per_round} steps, {env['device']} "
              f"({env['cpus']} threads), torch {env['torch']}.", "",
-             f"Memory: fresh process per method, {args.mem_batch_size} x {args.mem_max_length}-token batches; "
-             "training peak = resident-set peak during 3 steps minus the resident set before them (CPU, sampled every "
-             "2 ms) or max_memory_allocated (CUDA).",
+             f"Memory: fresh process per method, 3 steps of {args.mem_batch_size} x {args.mem_max_length}-token "
+             "batches; peak = bytes of live torch tensors at their peak: static (parameters, buffers, optimizer "
+             "and score state) + the step peak summed from torch.profiler's allocation events (CPU), or "
+             "max_memory_allocated (CUDA).",
              "",
-             "| method | s / step (mean ± sd) | x AdaLoRA | x LoRA | bookkeeping share | training peak MB | "
-             "x AdaLoRA mem | score state MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| method | s / step (mean ± sd) | x AdaLoRA | x LoRA | bookkeeping share | peak MB | x AdaLoRA mem | "
+             "step peak MB | x AdaLoRA step peak | score state MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     t, m = results["timing"], results["memory"]
+    ada = m["adalora"]
     for n in VARIANTS:
+        sp = m[n].get("step_peak_mb")
+        sp_cells = (f"{sp:.1f} | {sp / ada['step_peak_mb']:.3f}" if sp is not None else "– | –")
         lines.append(f"| {n} | {t[n]['step_s_mean']:.3f} ± {t[n]['step_s_stdev']:.3f} | {t[n]['x_adalora']:.2f} | "
-                     f"{t[n]['x_lora']:.2f} | {100 * t[n]['bookkeeping_share']:.1f}% | {m[n]['train_peak_mb']:.0f} | "
-                     f"{m[n]['train_peak_mb'] / max(m['adalora']['train_peak_mb'], 1e-9):.3f} | "
-                     f"{m[n]['score_state_mb']:.2f} |")
+                     f"{t[n]['x_lora']:.2f} | {100 * t[n]['bookkeeping_share']:.1f}% | {m[n]['peak_mb']:.1f} | "
+                     f"{m[n]['peak_mb'] / ada['peak_mb']:.3f} | {sp_cells} | {m[n]['score_state_mb']:.2f} |")
     (res_dir / "cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -217,23 +256,20 @@ def main():
     p.add_argument("--steps-per-round", type=int, default=5)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--memory-child", default=None)
-    p.add_argument("--reuse-timing", action="store_true", help="reuse a saved timing part (after a failed memory part)")
+    p.add_argument("--only", choices=("timing", "memory"), default=None,
+                   help="redo one part and keep the other from benchmarks/results/cost.json")
     p.add_argument("--mem-batch-size", type=int, default=64, help="batch of the memory runs (activations dominate)")
     p.add_argument("--mem-max-length", type=int, default=128)
     args = p.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, args)
         return
-    partial = ROOT / "benchmarks" / "results" / "cost.timing.json"
-    if args.reuse_timing and partial.is_file():
-        results = {"timing": json.loads(partial.read_text())}
-    else:
-        results = {"timing": timing(args)}
-        partial.write_text(json.dumps(results["timing"], indent=2))
-    results["memory"] = memory(args)
+    saved_path = ROOT / "benchmarks" / "results" / "cost.json"
+    saved = json.loads(saved_path.read_text()) if args.only and saved_path.is_file() else {}
+    results = {"timing": saved["timing"] if args.only == "memory" and "timing" in saved else timing(args)}
+    results["memory"] = (saved["memory"] if args.only == "timing" and "peak_mb" in saved.get("memory", {}).get(
+        "adalora", {}) else memory(args))
     write(results, args)
-    partial.unlink()
-
 
 if __name__ == "__main__":
     main()

@@ -102,6 +102,20 @@ def test_budget_follows_schedule(unit):
     assert all(not r.scored for r in records if r.step >= final)
 
 
+def test_score_every_scores_every_kth_step_and_never_masks_from_empty_scores():
+    """score_every=k probes only every k-th step; if the first masking event comes before step k,
+    the allocator scores then rather than pruning from all-zero scores."""
+    total, k = 30, 8
+    cfg = IguLoraConfig(init_r=6, target_r=2, tinit=4, tfinal=6, deltaT=3, total_step=total, score_every=k,
+                        estimator="stochastic", ig_steps=4)
+    peft_model, alloc = get_igu_model(tiny_llama(), cfg)
+    records = train_steps(peft_model, alloc, total, [lm_batch(seed=s) for s in range(3)])
+    first_mask = next(r.step for r in records if r.masked)
+    assert first_mask < k
+    assert [r.step for r in records if r.scored] == [first_mask, 8, 16]  # steps >= 24 are frozen
+    assert alloc.avg and all(float(v.abs().sum()) > 0 for v in alloc.avg.values())
+
+
 def test_schedule_matches_peft_formula():
     s = BudgetSchedule(init_budget=48, target_budget=24, total_step=100, tinit=10, tfinal=20, deltaT=5)
     assert s.budget(10) == 48 and not s.is_mask_step(10)

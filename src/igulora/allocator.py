@@ -184,11 +184,12 @@ class IguAllocator:
         self.step_count += 1
         t = self.step_count
         scored = skipped = False
-        if sched.updates_scores(t) and t % cfg.score_every == 0:
+        masked = sched.is_mask_step(t)
+        # score every k-th step; and never mask from empty scores (score_every larger than tinit)
+        if sched.updates_scores(t) and (t % cfg.score_every == 0 or (masked and not self.avg)):
             scored = True
             skipped = not self._update_scores(batch)
         phase = sched.phase(t)
-        masked = sched.is_mask_step(t)
         if masked:
             self._compute_mask(sched.budget(t))
         if masked or phase is Phase.FROZEN or cfg.reapply_mask:
