@@ -184,7 +184,7 @@ def memory_child(name, args):
     model, timed, opt, tok = setup(name, args.model, 20)
     # the measured 3 steps must include a scoring step: with score_every=k, step k is the first
     pre = max(1, getattr(getattr(timed.ctrl, "config", None), "score_every", 1) - 2)
-    data = batches(tok, pre + 3, args.mem_batch_size, args.mem_max_length)
+    data = batches(tok, 1, args.mem_batch_size, args.mem_max_length) * (pre + 3)  # one batch: same activations
     for b in data[:pre]:  # the first step allocates the optimizer state
         one_step(model, timed, opt, b)
     device = next(model.parameters()).device

@@ -69,3 +69,15 @@ def test_unknown_field_rejected():
 def test_total_step_missing_is_explained():
     with pytest.raises(ValueError, match=r"total_step is not set"):
         IguLoraConfig().schedule_steps()
+
+
+def test_score_every_auto_resolves_by_estimator():
+    """None (auto): every 8th step for the estimators with probe passes, every step for those without."""
+    assert IguLoraConfig().score_every is None and IguLoraConfig().score_interval == 8
+    for est in ("stochastic", "trapezoid", "paper-eq6"):
+        assert IguLoraConfig(estimator=est).score_interval == 8
+    for est in ("gradient", "coupled"):
+        assert IguLoraConfig(estimator=est).score_interval == 1
+    assert IguLoraConfig(score_every=3, estimator="gradient").score_interval == 3
+    cfg = IguLoraConfig(score_every=None)
+    assert IguLoraConfig.from_dict(cfg.to_dict()) == cfg

@@ -186,7 +186,7 @@ class IguAllocator:
         scored = skipped = False
         masked = sched.is_mask_step(t)
         # score every k-th step; and never mask from empty scores (score_every larger than tinit)
-        if sched.updates_scores(t) and (t % cfg.score_every == 0 or (masked and not self.avg)):
+        if sched.updates_scores(t) and (t % cfg.score_interval == 0 or (masked and not self.avg)):
             scored = True
             skipped = not self._update_scores(batch)
         phase = sched.phase(t)

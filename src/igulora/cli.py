@@ -37,7 +37,8 @@ _ADAPTER_FLAGS: list[tuple[str, type | None, Any, str]] = [
     ("--beta1", float, None, "EMA coefficient of the sensitivity (default 0.85)"),
     ("--beta2", float, None, "EMA coefficient of the uncertainty (default 0.85)"),
     ("--eps", float, None, "epsilon of the snr score (default 1e-6)"),
-    ("--score-every", int, None, "update scores every k optimizer steps (default 1)"),
+    ("--score-every", int, None, "update scores (probe passes) every k optimizer steps "
+     "(default: 8 for stochastic, trapezoid, paper-eq6; 1 for gradient, coupled)"),
     ("--orth-reg-weight", float, None, "orthogonality regulariser weight (default 0.1)"),
     ("--lora-alpha", float, None, "adapter scaling numerator (default 32)"),
     ("--lora-dropout", float, None, "adapter input dropout (default 0)"),
