@@ -254,7 +254,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--steps-per-round", type=int, default=8, help="a multiple of score_every=8, so scoring steps are sampled at their true rate")
+    p.add_argument("--steps-per-round", type=int, default=8,
+                   help="a multiple of score_every=8, so scoring steps are sampled at their true rate")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--memory-child", default=None)
     p.add_argument("--only", choices=("timing", "memory"), default=None,
