@@ -56,7 +56,7 @@ def test_compare_runs_skips_and_reports(tmp_path, capsys, minilm_path, shared_da
     assert abs(params["lora"] - params["igulora"]) / params["igulora"] < 0.05  # matched budgets
     table = (out / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 3  # header + one row per method
+    assert len(rows) == 2 * (1 + 3)  # scores and parameters: header + one row per method each
     assert "sst2" in rows[0] and "rte" in rows[0] and "Avg" in rows[0] and "Params" in rows[0]
     assert (out / "results.csv").read_text().count("\n") == 13
     report = (out / "report.md").read_text()

@@ -98,8 +98,10 @@ def compare_dir(tmp_path: Path) -> Path:
 
 def _table(md: str) -> list[list[str]]:
     """Cells of the first markdown table in ``md`` (separator row dropped)."""
-    rows = [line for line in md.splitlines() if line.startswith("|")]
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in rows]
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start:end]]
     return [cells[0], *cells[2:]]
 
 
@@ -158,6 +160,8 @@ def test_compare_tables(compare_dir: Path) -> None:
     assert rows["adalora"][4] == "0.33M" and rows["lora"][4] == "0.30M"
     assert rows["igulora"][5] == "11.3" and rows["lora"][5] == "11.5"
     assert sum("**" in cell for row in table[1:] for cell in row[1:]) == 3
+    params = _table(md[md.index("Trainable parameters at the end"):])
+    assert params[0] == ["Method", "sst2", "boolq"] and [row[0] for row in params[1:]] == VARIANTS
     assert "×100" in md and "Failed runs (1)" in md and "CUDA out of memory" in md
     assert out["cells"]["igulora"]["boolq"]["n"] == 1 and out["md"] == compare_dir / "results.md"
     with open(compare_dir / "results.csv") as fh:

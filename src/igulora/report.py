@@ -267,6 +267,23 @@ def _table_markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _params_markdown(runs: list[dict], s: dict) -> str:
+    """Trainable parameters at the end, mean per (variant, task): budgets are matched per task, and
+    a rank-counted budget (AdaLoRA) can end with more or fewer parameters than a parameter budget."""
+    tasks, variants = s["tasks"], s["variants"]
+    lines = ["Trainable parameters at the end of training (mean over seeds):", "",
+             "| Method | " + " | ".join(_md(t) for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for v in variants:
+        row = []
+        for t in tasks:
+            vals = [r["trainable_params_end"] for r in runs if _ok(r) and r["variant"] == v and r["task"] == t
+                    and isinstance(r.get("trainable_params_end"), (int, float))]
+            m = float(np.mean(vals)) if vals else None
+            row.append("–" if m is None else f"{m / 1e3:.1f}K" if m < 1e6 else f"{m / 1e6:.3f}M")
+        lines.append(f"| {_md(v)} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _table_notes(s: dict) -> str:
     """Notes under the table: metrics, scaling, std convention, seeds, bold, Avg."""
     desc = []
@@ -323,7 +340,7 @@ def write_compare_tables(compare_dir: str | Path) -> dict[str, Any]:
     compare_dir = Path(compare_dir)
     runs = _runs(compare_dir)
     s = summarise(runs)
-    body = _table_markdown(s) + "\n" + _table_notes(s)
+    body = _table_markdown(s) + "\n" + _table_notes(s) + "\n" + _params_markdown(runs, s)
     if s["failed"]:
         body += "\n" + _failed_markdown(s["failed"])
     csv_path, md_path = compare_dir / "results.csv", compare_dir / "results.md"
