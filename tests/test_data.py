@@ -27,8 +27,8 @@ from igulora.data import (
 )
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ALL_TASKS = ["sst2", "cola", "mrpc", "rte", "stsb", "boolq", "arc-e", "arc-c", "obqa", "boolq-qa", "gsm8k",
-             "alpaca", "custom"]
+ALL_TASKS = ["sst2", "cola", "mrpc", "rte", "stsb", "boolq", "arc-e", "arc-c", "obqa", "boolq-qa",
+             "arc-e-cloze", "arc-c-cloze", "obqa-cloze", "gsm8k", "alpaca", "custom"]
 # (task, train rows, eval rows) as documented in shared/data/SOURCES.md (boolq: 80/20 of 3,270; alpaca 90/10).
 COUNTS = [("sst2", 67349, 872), ("cola", 8551, 1043), ("mrpc", 3668, 408), ("rte", 2490, 277),
           ("stsb", 5749, 1500), ("boolq", 2616, 654), ("arc-e", 2251, 2376), ("arc-c", 1119, 1172),
@@ -147,6 +147,35 @@ def test_max_samples_is_seeded(data: str) -> None:
     assert all(ex in full for ex in a)
     assert len(load_examples("rte", "eval", data, max_samples=10**6)) == 277
     raises("max_samples must be >= 1", load_examples, "rte", "eval", data, max_samples=0)
+
+
+@pytest.mark.parametrize("task", ["arc-e", "arc-c", "obqa"])
+def test_cloze_form_of_choice_tasks(data: str, task: str) -> None:
+    """``<task>-cloze``: the same questions, answered by text: the bare question as prompt, the listed
+    answer texts as choices, scored per token (``TaskSpec.cloze``)."""
+    assert get_task(f"{task}-cloze").cloze and not get_task(task).cloze
+    for split in ("train", "eval"):
+        labels = load_examples(task, split, data)
+        cloze = load_examples(f"{task}-cloze", split, data)
+        assert len(cloze) == len(labels)
+        for lab, ex in zip(labels, cloze):
+            assert ex["label"] == lab["label"] and len(ex["choices"]) == len(lab["choices"])
+            assert ex["target"] == ex["answer"] == ex["choices"][ex["label"]]
+            assert ex["prompt"] and "Answer1:" not in ex["prompt"] and not ex["prompt"].startswith("Please choose")
+            assert all(c and "Answer" not in c for c in ex["choices"])
+    first = load_examples("arc-e-cloze", "eval", data)[0]
+    assert first["target"] == "Sunlight is the source of energy for nearly all ecosystems."
+
+
+def test_cloze_file_override_and_errors(data: str, tmp_path: Path) -> None:
+    record = {"instruction": "Q?\n\nAnswer1: x y Answer2: z.\n\nAnswer format: answer1/answer2", "input": "ctx",
+              "output": "the correct answer is answer2", "answer": "answer2"}
+    path = write(tmp_path / "mine.json", json.dumps([record]))
+    ex = load_examples("obqa-cloze", "eval", data, eval_file=str(path))[0]
+    assert ex == {"prompt": "Q?\n\nctx", "target": "z.", "choices": ["x y", "z."], "label": 1, "answer": "z."}
+    bad = write(tmp_path / "bad.json", json.dumps([{**record, "instruction": "Q?\n\nAnswer format: answer1/answer2"}]))
+    raises(r"bad.json record 0: cannot read the question and its 'Answer1: ...' options", load_examples,
+           "obqa-cloze", "eval", eval_file=str(bad))
 
 
 def test_choice_task_file_override(data: str, tmp_path: Path) -> None:
@@ -279,6 +308,8 @@ def test_hub_fallback_converts_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert arc["choices"] == ["answer1", "answer2", "answer3"] and arc["label"] == 2
     assert "Answer3: z" in arc["prompt"] and calls[-1] == ("allenai/ai2_arc", "ARC-Challenge", "test")
     assert load_examples("obqa", "train", where)[0]["answer"] == "answer1"
+    cloze = load_examples("arc-c-cloze", "eval", where)[0]
+    assert cloze["choices"] == ["x", "y", "z"] and cloze["answer"] == "z" and cloze["prompt"] == "Q?"
     assert load_examples("boolq-qa", "eval", where)[0]["answer"] == "true"
     assert load_examples("boolq", "train", where) == [{"text": "is it", "text_pair": "P", "label": 1}]
     assert load_examples("stsb", "eval", where) == [{"text": "a", "text_pair": "b", "label": 3.5}]

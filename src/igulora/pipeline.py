@@ -5,7 +5,8 @@ Decoders train on ``prompt + target`` with the loss on the target tokens only; t
 wrapped in the tokenizer's chat template when it has one. Evaluation:
 
 * ``classification`` / ``regression``: argmax of the logits / the single logit;
-* ``choice``: the choice with the highest summed log-likelihood after the prompt;
+* ``choice``: the choice with the highest summed log-likelihood after the prompt (cloze tasks: the
+  mean log-likelihood per token, so that long answer texts are not penalised);
 * ``generation``: greedy decoding, then the task's exact-match rule;
 * ``sft``: mean token loss on the eval set and its perplexity.
 """
@@ -96,7 +97,8 @@ def _encoder_predictions(model: nn.Module, task: TaskSpec, rows: list[dict], col
 
 
 @torch.no_grad()
-def _choice_predictions(model: nn.Module, tokenizer: Any, rows: list[dict], max_length: int, bs: int) -> list[int]:
+def _choice_predictions(model: nn.Module, tokenizer: Any, rows: list[dict], max_length: int, bs: int,
+                        per_token: bool = False) -> list[int]:
     device = next(model.parameters()).device
     pairs = [(r["prompt"], c) for r in rows for c in r["choices"]]
     scores: list[float] = []
@@ -106,7 +108,9 @@ def _choice_predictions(model: nn.Module, tokenizer: Any, rows: list[dict], max_
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         labels = batch["labels"][:, 1:]
         picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores += (picked * (labels != IGNORE)).sum(-1).tolist()
+        mask = labels != IGNORE
+        total = (picked * mask).sum(-1)
+        scores += (total / mask.sum(-1).clamp(min=1) if per_token else total).tolist()
     preds, i = [], 0
     for r in rows:
         n = len(r["choices"])
@@ -156,7 +160,7 @@ def make_evaluator(
         if task.kind == "sft":
             return perplexity_metrics(_mean_loss(model, rows, collate, batch_size))
         if task.kind == "choice":
-            preds = _choice_predictions(model, tokenizer, rows, max_length, batch_size)
+            preds = _choice_predictions(model, tokenizer, rows, max_length, batch_size, per_token=task.cloze)
             refs: list = [r["label"] for r in rows]
         elif task.kind == "generation":
             preds = _generations(model, tokenizer, rows, max_new_tokens, batch_size)

@@ -7,6 +7,7 @@ file and, where it applies, the line number.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -43,6 +44,7 @@ class TaskSpec:
     "sft" (instruction tuning, scored by eval loss / perplexity). ``num_labels`` is 1 for regression,
     0 for decoder tasks and 0 for "custom", whose labels come from the data (see :func:`label_names`).
     ``higher_is_better`` is False only for "sft" (primary: perplexity); ``labels`` names the class ids.
+    ``cloze`` marks the answer-text form of a multiple-choice task (see the field).
     """
 
     name: str
@@ -53,6 +55,9 @@ class TaskSpec:
     decoder: bool
     higher_is_better: bool = True
     labels: tuple[str, ...] = ()
+    cloze: bool = False
+    """"choice" tasks only: the prompt is the bare question, the target and the choices are the answer
+    texts (not "answer1".."answerN"), and a choice is scored by its mean log-likelihood per token."""
 
 
 def _enc(name: str, metrics: tuple[str, ...], labels: tuple[str, ...]) -> TaskSpec:
@@ -79,6 +84,8 @@ _TASKS: dict[str, TaskSpec] = {
         _dec("arc-c", "choice", ("accuracy",)),
         _dec("obqa", "choice", ("accuracy",)),
         _dec("boolq-qa", "choice", ("accuracy",)),
+        *(dataclasses.replace(_dec(f"{t}-cloze", "choice", ("accuracy",)), cloze=True) for t in ("arc-e", "arc-c",
+                                                                                               "obqa")),
         _dec("gsm8k", "generation", ("exact_match",)),
         _dec("alpaca", "sft", ("eval_loss", "perplexity"), higher_is_better=False),
         TaskSpec("custom", "classification", 0, ("accuracy",), "accuracy", False),
@@ -98,6 +105,10 @@ _FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "obqa": (("commonsense/openbookqa/train.json",), ("commonsense/openbookqa/test.json",)),
     "boolq-qa": (("commonsense/boolq/train.json",), ("commonsense/boolq/test.json",)),
     "gsm8k": (("gsm8k/train.jsonl",), ("gsm8k/test.jsonl",)),
+    **{f"{t}-cloze": files for t, files in (
+        ("arc-e", (("commonsense/ARC-Easy/train.json",), ("commonsense/ARC-Easy/test.json",))),
+        ("arc-c", (("commonsense/ARC-Challenge/train.json",), ("commonsense/ARC-Challenge/test.json",))),
+        ("obqa", (("commonsense/openbookqa/train.json",), ("commonsense/openbookqa/test.json",))))},
     "alpaca": (("alpaca/alpaca_en_demo.json",),) * 2,
 }
 
@@ -126,6 +137,8 @@ _HUB: dict[str, tuple[str, str | None, str]] = {
     "boolq": ("google/boolq", None, "validation"), "boolq-qa": ("google/boolq", None, "validation"),
     "arc-e": ("allenai/ai2_arc", "ARC-Easy", "test"), "arc-c": ("allenai/ai2_arc", "ARC-Challenge", "test"),
     "obqa": ("allenai/openbookqa", "main", "test"), "gsm8k": ("openai/gsm8k", "main", "test"),
+    "arc-e-cloze": ("allenai/ai2_arc", "ARC-Easy", "test"), "arc-c-cloze": ("allenai/ai2_arc", "ARC-Challenge", "test"),
+    "obqa-cloze": ("allenai/openbookqa", "main", "test"),
     "alpaca": ("tatsu-lab/alpaca", None, "train"),
 }
 
@@ -253,6 +266,33 @@ def _sft_example(rec: dict[str, Any], where: str) -> Example:
             "choices": None, "label": None, "answer": output}
 
 
+_QUESTION_RE = re.compile(r"^(?:.*?question:\s*)?(.*?)\s*\n\s*\n\s*(Answer1:.*?)\s*\n\s*\n\s*Answer format:[^\n]*(.*)$",
+                          re.IGNORECASE | re.DOTALL)
+_OPTION_RE = re.compile(r"\s*Answer(\d+):\s*", re.IGNORECASE)
+
+
+def _cloze_example(ex: Example, where: str) -> Example:
+    """The answer-text form of a multiple-choice example: prompt = the question (and the record's
+    input), choices = the answer texts listed as "Answer1: ... Answer2: ..." in the instruction,
+    target = the correct text."""
+    match = _QUESTION_RE.search(ex["prompt"])
+    if match is None:
+        raise DataError(f"{where}: cannot read the question and its 'Answer1: ...' options for the cloze form")
+    parts = _OPTION_RE.split(match.group(2))[1:]  # ["1", text1, "2", text2, ...]
+    texts = [t.strip() for t in parts[1::2]]
+    if len(texts) != len(ex["choices"]) or not all(texts):
+        raise DataError(f"{where}: found {len(texts)} answer texts for {len(ex['choices'])} choices")
+    context = match.group(3).strip()  # the record's "input", when it has one
+    prompt = f"{match.group(1)}\n\n{context}" if context else match.group(1)
+    return {"prompt": prompt, "target": texts[ex["label"]], "choices": texts, "label": ex["label"],
+            "answer": texts[ex["label"]]}
+
+
+def _decode(spec: TaskSpec, rec: dict[str, Any], where: str) -> Example:
+    ex = _DECODERS[spec.kind](rec, where)
+    return _cloze_example(ex, where) if spec.cloze else ex
+
+
 _DECODERS: dict[str, Callable[[dict[str, Any], str], Example]] = {
     "choice": _choice_example, "generation": _gsm8k_example, "sft": _sft_example,
 }
@@ -261,7 +301,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any], str], Example]] = {
 def _load_file(spec: TaskSpec, path: Path) -> list[Example]:
     """Examples of one file of ``spec`` (JSON/JSONL records for decoder tasks, TSV/CSV else)."""
     if spec.decoder:
-        return [_DECODERS[spec.kind](rec, where) for where, rec in json_records(path)]
+        return [_decode(spec, rec, where) for where, rec in json_records(path)]
     return _load_tsv_task(spec, path)
 
 
@@ -311,7 +351,7 @@ def _hub_record(spec: TaskSpec, row: dict[str, Any]) -> Example:
         row = {"instruction": "Please choose the correct answer to the question: "
                f"{row.get('question_stem') or row['question']}\n\n{options}\n\nAnswer format: {names}",
                "answer": f"answer{keys.index(row['answerKey']) + 1}"}
-    return _DECODERS[spec.kind](row, f"hub:{_HUB[spec.name][0]}")
+    return _decode(spec, row, f"hub:{_HUB[spec.name][0]}")
 
 
 def _load_from_hub(spec: TaskSpec, split: str, looked: str) -> list[Example]:
