@@ -121,3 +121,11 @@ def test_demo_command_wiring(tmp_path, monkeypatch, capsys, minilm_path, shared_
     assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "Final rank allocation" in out and "rank heatmap:" in out and "accuracy" in out
+
+
+def test_task_help_lists_every_registered_task():
+    """The --task help is written out (no torch import at flag time); it must follow the registry."""
+    from igulora.cli import TASK_HELP
+    from igulora.data import list_tasks
+
+    assert sorted(t.strip() for t in TASK_HELP.split(",")) == sorted(list_tasks())

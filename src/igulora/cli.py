@@ -18,7 +18,8 @@ from typing import Any
 from .config import BUDGET_UNITS, ESTIMATORS, IG_FORMS, LAMBDA_TERMS, SCORES, IguLoraConfig
 
 METHOD_CHOICES = ("lora", "adalora", "igulora")
-TASK_HELP = "sst2, cola, mrpc, rte, stsb, boolq, arc-e, arc-c, obqa, boolq-qa, gsm8k, alpaca, custom"
+TASK_HELP = ("sst2, cola, mrpc, rte, stsb, boolq, arc-e, arc-c, obqa, boolq-qa, arc-e-cloze, arc-c-cloze, obqa-cloze, "
+             "gsm8k, alpaca, custom")
 
 # (flag, dest section, type, help); section "igulora" -> IguLoraConfig, "train" -> TrainArgs, "run" -> RunOptions
 _ADAPTER_FLAGS: list[tuple[str, type | None, Any, str]] = [
