@@ -184,7 +184,7 @@ def memory_child(name, args):
     state and reach a scoring step): static bytes + the profiled step peak on CPU, ``max_memory_allocated`` on CUDA."""
     model, timed, opt, tok = setup(name, args.model, 20)
     # the measured 3 steps must include a scoring step: with score_every=k, step k is the first
-    pre = max(1, getattr(getattr(timed.ctrl, "config", None), "score_every", 1) - 2)
+    pre = max(1, getattr(getattr(timed.ctrl, "config", None), "score_interval", 1) - 2)
     data = batches(tok, 1, args.mem_batch_size, args.mem_max_length) * (pre + 3)  # one batch: same activations
     for b in data[:pre]:  # the first step allocates the optimizer state
         one_step(model, timed, opt, b)
@@ -267,11 +267,16 @@ def main():
         memory_child(args.memory_child, args)
         return
     saved_path = ROOT / "benchmarks" / "results" / "cost.json"
-    saved = json.loads(saved_path.read_text()) if args.only and saved_path.is_file() else {}
+    partial_path = saved_path.with_suffix(".timing.json")
+    source = partial_path if args.only == "memory" and partial_path.is_file() else saved_path
+    saved = json.loads(source.read_text()) if args.only and source.is_file() else {}
     results = {"timing": saved["timing"] if args.only == "memory" and "timing" in saved else timing(args)}
+    partial = saved_path.with_suffix(".timing.json")  # kept if the memory part fails: rerun with --only memory
+    partial.write_text(json.dumps({**saved, "timing": results["timing"]}, indent=2))
     results["memory"] = (saved["memory"] if args.only == "timing" and "peak_mb" in saved.get("memory", {}).get(
         "adalora", {}) else memory(args))
     write(results, args)
+    partial.unlink()
 
 if __name__ == "__main__":
     main()
