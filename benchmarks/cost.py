@@ -147,10 +147,6 @@ def timing(args):
     return out
 
 
-def _tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-
-
 def static_bytes(model, opt, ctrl) -> int:
     """Parameters + buffers + optimizer state + allocator score state, counted once each."""
     seen, total = set(), 0
@@ -158,7 +154,7 @@ def static_bytes(model, opt, ctrl) -> int:
               *(v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor))]:
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
-            total += _tensor_bytes([t])
+            total += t.numel() * t.element_size()
     state = getattr(ctrl, "score_memory_bytes", None)
     return total + (state() if state else 0)
 
@@ -253,7 +249,7 @@ def main():
     p.add_argument("--model", default="minilm")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps-per-round", type=int, default=8,
                    help="a multiple of score_every=8, so scoring steps are sampled at their true rate")
     p.add_argument("--warmup", type=int, default=3)
@@ -267,16 +263,16 @@ def main():
         memory_child(args.memory_child, args)
         return
     saved_path = ROOT / "benchmarks" / "results" / "cost.json"
-    partial_path = saved_path.with_suffix(".timing.json")
-    source = partial_path if args.only == "memory" and partial_path.is_file() else saved_path
+    partial = saved_path.with_suffix(".timing.json")  # kept if the memory part fails: rerun with --only memory
+    source = partial if args.only == "memory" and partial.is_file() else saved_path
     saved = json.loads(source.read_text()) if args.only and source.is_file() else {}
     results = {"timing": saved["timing"] if args.only == "memory" and "timing" in saved else timing(args)}
-    partial = saved_path.with_suffix(".timing.json")  # kept if the memory part fails: rerun with --only memory
     partial.write_text(json.dumps({**saved, "timing": results["timing"]}, indent=2))
     results["memory"] = (saved["memory"] if args.only == "timing" and "peak_mb" in saved.get("memory", {}).get(
         "adalora", {}) else memory(args))
     write(results, args)
     partial.unlink()
+
 
 if __name__ == "__main__":
     main()

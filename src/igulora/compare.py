@@ -86,6 +86,14 @@ def plan(ns: argparse.Namespace) -> tuple[Path, list[tuple[str, Variant, int]], 
     return out, runs, file_cfg
 
 
+def _run_dir(out: Path, task: str, variant: Variant, seed: int) -> Path:
+    return out / "runs" / task / variant.slug / f"seed{seed}"
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / "checkpoints" / "latest.json").is_file()
+
+
 def _options(ns: argparse.Namespace, base: dict[str, Any], task: str, variant: Variant, seed: int,
              run_dir: Path) -> RunOptions:
     from .cli import build_options
@@ -99,7 +107,7 @@ def _options(ns: argparse.Namespace, base: dict[str, Any], task: str, variant: V
         if getattr(sub, key, None) is not None:
             setattr(sub, key, None)
     opts = build_options(sub, values)
-    has_checkpoint = (run_dir / "checkpoints" / "latest.json").is_file()
+    has_checkpoint = _has_checkpoint(run_dir)
     return dataclasses.replace(opts, resume=has_checkpoint, overwrite=not has_checkpoint)
 
 
@@ -132,10 +140,10 @@ def _print_plan(out: Path, runs: list[tuple[str, Variant, int]]) -> list[dict[st
     """``--dry-run``: list the planned runs and what a real invocation would do with each."""
     plan_rows = []
     for i, (task, variant, seed) in enumerate(runs, 1):
-        run_dir = out / "runs" / task / variant.slug / f"seed{seed}"
+        run_dir = _run_dir(out, task, variant, seed)
         if is_finished(run_dir):
             status = "finished, would be skipped"
-        elif (run_dir / "checkpoints" / "latest.json").is_file():
+        elif _has_checkpoint(run_dir):
             status = "interrupted, would resume"
         else:
             status = "would run"
@@ -159,16 +167,15 @@ def run_compare(ns: argparse.Namespace) -> list[dict[str, Any]]:
     for task in dict.fromkeys(t for t, _, _ in runs):
         get_task(task)  # an unknown task fails now, not after hours of other runs
     for i, (task, variant, seed) in enumerate(runs, 1):
-        _options(ns, base, task, variant, seed, out / "runs" / task / variant.slug / f"seed{seed}")  # validate all
+        _options(ns, base, task, variant, seed, _run_dir(out, task, variant, seed))  # validate all
         logger.debug("planned run %d: %s %s %s", i, task, variant.name, seed)
     if getattr(ns, "dry_run", False):
         return _print_plan(out, runs)
     out.mkdir(parents=True, exist_ok=True)
-    earlier = _earlier_records(out, {str((out / "runs" / t / v.slug / f"seed{s}").relative_to(out))
-                                     for t, v, s in runs})
+    earlier = _earlier_records(out, {str(_run_dir(out, *run).relative_to(out)) for run in runs})
     records: list[dict[str, Any]] = []
     for i, (task, variant, seed) in enumerate(runs, 1):
-        run_dir = out / "runs" / task / variant.slug / f"seed{seed}"
+        run_dir = _run_dir(out, task, variant, seed)
         label = f"[{i}/{len(runs)}] {task} {variant.name} seed {seed}"
         error = None
         if is_finished(run_dir):

@@ -38,8 +38,9 @@ INTERIOR_ESTIMATORS = ("stochastic", "trapezoid", "paper-eq6", "coupled")
 PROBE_ESTIMATORS = ("stochastic", "trapezoid", "paper-eq6")
 """Estimators that run extra forward+backward (probe) passes when they score."""
 AUTO_SCORE_EVERY = 8
-"""``score_every=None`` for a probe estimator: score every 8th step. Measured (BENCHMARKS.md) at
-1.10x PEFT AdaLoRA's step time against 1.71x for every step, with no measurable accuracy cost."""
+"""``score_every=None`` for a probe estimator: score every 8th step. Measured (BENCHMARKS.md,
+``benchmarks/cost.py``) at 1.04x PEFT AdaLoRA's step time against 1.67x for every step, with no
+measurable accuracy cost on the encoder suite."""
 SCORES = ("snr", "product")
 BUDGET_UNITS = ("params", "ranks")
 LAMBDA_TERMS = ("score", "abs")
@@ -181,7 +182,6 @@ class IguLoraConfig:
         """A copy with ``total_step`` set (validated)."""
         return dataclasses.replace(self, total_step=total_step)
 
-    # ------------------------------------------------------------------ JSON
     @property
     def score_interval(self) -> int:
         """The effective ``score_every``: the set value, or for ``None`` 8 with a probe estimator, else 1."""
@@ -189,6 +189,7 @@ class IguLoraConfig:
             return self.score_every
         return AUTO_SCORE_EVERY if self.estimator in PROBE_ESTIMATORS else 1
 
+    # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -71,6 +71,9 @@ def _dec(name: str, kind: str, metrics: tuple[str, ...], higher_is_better: bool 
     return TaskSpec(name, kind, 0, metrics, primary, True, higher_is_better)
 
 
+_CLOZE_OF = ("arc-e", "arc-c", "obqa")
+"""Multiple-choice tasks that also have an answer-text form ``<task>-cloze`` (same files and hub data)."""
+
 _TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
@@ -84,8 +87,7 @@ _TASKS: dict[str, TaskSpec] = {
         _dec("arc-c", "choice", ("accuracy",)),
         _dec("obqa", "choice", ("accuracy",)),
         _dec("boolq-qa", "choice", ("accuracy",)),
-        *(dataclasses.replace(_dec(f"{t}-cloze", "choice", ("accuracy",)), cloze=True) for t in ("arc-e", "arc-c",
-                                                                                               "obqa")),
+        *(dataclasses.replace(_dec(f"{t}-cloze", "choice", ("accuracy",)), cloze=True) for t in _CLOZE_OF),
         _dec("gsm8k", "generation", ("exact_match",)),
         _dec("alpaca", "sft", ("eval_loss", "perplexity"), higher_is_better=False),
         TaskSpec("custom", "classification", 0, ("accuracy",), "accuracy", False),
@@ -105,10 +107,6 @@ _FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "obqa": (("commonsense/openbookqa/train.json",), ("commonsense/openbookqa/test.json",)),
     "boolq-qa": (("commonsense/boolq/train.json",), ("commonsense/boolq/test.json",)),
     "gsm8k": (("gsm8k/train.jsonl",), ("gsm8k/test.jsonl",)),
-    **{f"{t}-cloze": files for t, files in (
-        ("arc-e", (("commonsense/ARC-Easy/train.json",), ("commonsense/ARC-Easy/test.json",))),
-        ("arc-c", (("commonsense/ARC-Challenge/train.json",), ("commonsense/ARC-Challenge/test.json",))),
-        ("obqa", (("commonsense/openbookqa/train.json",), ("commonsense/openbookqa/test.json",))))},
     "alpaca": (("alpaca/alpaca_en_demo.json",),) * 2,
 }
 
@@ -137,10 +135,10 @@ _HUB: dict[str, tuple[str, str | None, str]] = {
     "boolq": ("google/boolq", None, "validation"), "boolq-qa": ("google/boolq", None, "validation"),
     "arc-e": ("allenai/ai2_arc", "ARC-Easy", "test"), "arc-c": ("allenai/ai2_arc", "ARC-Challenge", "test"),
     "obqa": ("allenai/openbookqa", "main", "test"), "gsm8k": ("openai/gsm8k", "main", "test"),
-    "arc-e-cloze": ("allenai/ai2_arc", "ARC-Easy", "test"), "arc-c-cloze": ("allenai/ai2_arc", "ARC-Challenge", "test"),
-    "obqa-cloze": ("allenai/openbookqa", "main", "test"),
     "alpaca": ("tatsu-lab/alpaca", None, "train"),
 }
+for _t in _CLOZE_OF:  # the cloze form reads the same files and hub data as its task
+    _FILES[f"{_t}-cloze"], _HUB[f"{_t}-cloze"] = _FILES[_t], _HUB[_t]
 
 
 def list_tasks() -> list[str]:
