@@ -38,6 +38,18 @@ def test_benchmark_configs_and_recipes_are_valid(config, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_committed_benchmark_results_name_no_absolute_path():
+    """The run folders in benchmarks/results/ are committed: their config.json must record paths
+    relative to the repository root, not the machine they ran on (accuracy.py runs from the root)."""
+    configs = sorted((BENCH / "results").glob("*/runs/*/*/seed*/config.json"))
+    assert configs, "no committed benchmark runs found"
+    for path in configs:
+        cfg = json.loads(path.read_text())
+        for value in (cfg["output_dir"], cfg["train"]["output_dir"], cfg.get("data_dir") or ""):
+            assert not Path(value).is_absolute(), f"{path.relative_to(BENCH)} records the absolute path {value}"
+        assert cfg["output_dir"] == str(path.parent.relative_to(BENCH.parent)), path
+
+
 def test_compare_rejects_unknown_task_before_any_run(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--tasks", "sst2,ssst2", "--methods", "lora", "--output-dir", str(out)]) == 2

@@ -59,3 +59,18 @@ def test_lora_export_and_merge(tmp_path):
     torch.testing.assert_close(logits(merged, b), want, rtol=0, atol=1e-5)
     # the trained model itself is unchanged by the export
     torch.testing.assert_close(logits(peft_model, b), want, rtol=0, atol=0)
+
+
+def test_pruned_modules_save_without_peft_warning(tmp_path, recwarn):
+    """Modules pruned to rank 0 are saved as (0, d) tensors on purpose: neither the run's adapter
+    save nor ``export_lora`` passes on PEFT's ZeRO-3 "invalid shape" warning."""
+    from igulora.peft_backend import pruned_modules_saved
+
+    peft_model, alloc = trained(tmp_path)
+    assert 0 in alloc.rank_pattern().values()  # the case in question
+    with pruned_modules_saved():
+        peft_model.save_pretrained(tmp_path / "adapter")
+    export_lora(peft_model, tmp_path / "lora")
+    assert not [w for w in recwarn if "invalid shape" in str(w.message)]
+    peft_model.save_pretrained(tmp_path / "adapter2")  # outside the block PEFT's check still speaks
+    assert [w for w in recwarn if "invalid shape" in str(w.message)]

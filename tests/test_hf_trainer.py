@@ -6,6 +6,7 @@ from transformers import TrainingArguments
 
 from igulora import IguLoraConfig, get_igu_model
 from igulora.integrations import IguLoraTrainer
+from igulora.peft_backend import read_adapter_ranks
 
 
 def dataset(n=48):
@@ -49,3 +50,12 @@ def test_resume_matches_uninterrupted(tmp_path):
         got = trainer2.model(**batch).logits
     assert alloc2.rank_pattern() == pattern
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_save_model_writes_compact_adapter_quietly(tmp_path, recwarn):
+    trainer, alloc = make_trainer(tmp_path / "a", max_steps=12)
+    trainer.train()
+    assert 0 in alloc.rank_pattern().values()  # a fully pruned module: the case PEFT warns about
+    trainer.save_model(str(tmp_path / "final"))
+    assert read_adapter_ranks(tmp_path / "final") == alloc.rank_pattern()
+    assert not [w for w in recwarn if "invalid shape" in str(w.message)]

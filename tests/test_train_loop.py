@@ -118,3 +118,14 @@ def test_corrupt_checkpoint_is_explained(tmp_path):
     model, ctrl = setup()
     with pytest.raises(CheckpointError, match=r"corrupt checkpoint .*step-00000004.pt"):
         fit(model, ctrl, rows(), collate, args(tmp_path), resume=True)
+
+
+@pytest.mark.parametrize("method", ["igulora", "lora", "adalora"])
+def test_building_a_method_leaves_the_config_unchanged(method):
+    """PEFT extends ``modules_to_save`` in place for SEQ_CLS; our config (saved as the run's
+    config.json) must keep what the user gave."""
+    cfg = IguLoraConfig(init_r=4, target_r=2, tinit=2, tfinal=4, deltaT=2, modules_to_save=["classifier"],
+                        task_type="SEQ_CLS")
+    before = cfg.to_dict()
+    build_method(tiny_bert(), method, cfg, 16)
+    assert cfg.to_dict() == before

@@ -189,6 +189,12 @@ class IguLoraConfig:
             return self.score_every
         return AUTO_SCORE_EVERY if self.estimator in PROBE_ESTIMATORS else 1
 
+    @property
+    def peft_modules_to_save(self) -> list[str] | None:
+        """A fresh copy of ``modules_to_save`` for a PEFT config: PEFT extends the list it is given in
+        place (e.g. with ``classifier`` and ``score`` for ``SEQ_CLS``), which would change this config."""
+        return list(self.modules_to_save) if self.modules_to_save else None
+
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

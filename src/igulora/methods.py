@@ -122,7 +122,7 @@ def build_method(
     targets = resolve_target_modules(model, config.target_modules)
     common = {
         "target_modules": targets, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
-        "modules_to_save": config.modules_to_save, "task_type": config.task_type,
+        "modules_to_save": config.peft_modules_to_save, "task_type": config.task_type,
     }
     if method == "lora":
         r = matched_lora_rank(model, targets, config)
@@ -151,7 +151,7 @@ def build_fixed_lora(model: nn.Module, ranks: dict[str, int], config: IguLoraCon
     lora = LoraConfig(
         r=max(kept.values()), lora_alpha=scale * max(kept.values()), target_modules=sorted(kept),
         rank_pattern=dict(kept), alpha_pattern={n: scale * r for n, r in kept.items()},
-        lora_dropout=config.lora_dropout, modules_to_save=config.modules_to_save, task_type=config.task_type,
+        lora_dropout=config.lora_dropout, modules_to_save=config.peft_modules_to_save, task_type=config.task_type,
     )
     peft_model = get_peft_model(model, lora)
     controller = LoraController(peft_model, 0)

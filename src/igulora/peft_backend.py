@@ -6,9 +6,12 @@ tensors are compact) that stock ``peft.PeftModel.from_pretrained`` loads.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,19 @@ from .allocator import IguAllocator
 from .config import IguLoraConfig
 from .schedule import BudgetSchedule
 from .units import RankGroup, default_target_modules, find_rank_groups
+
+
+@contextlib.contextmanager
+def pruned_modules_saved() -> Iterator[None]:
+    """Silence PEFT's "LoRA tensor(s) have invalid shape" warning while an adapter is written.
+
+    A module whose every rank unit was pruned is saved with ``(0, d)`` tensors, which is what
+    ``rank_pattern`` asks for and what stock ``peft`` loads; PEFT's check takes zero-sized tensors for
+    unsharded ZeRO-3/FSDP shards and warns. Only that message is silenced, only inside the block.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape")
+        yield
 
 
 def _matches(name: str, targets: list[str] | str) -> bool:
@@ -66,7 +82,7 @@ def adalora_config(config: IguLoraConfig, target_modules: list[str] | str) -> Ad
         lora_dropout=config.lora_dropout,
         init_lora_weights=config.init_lora_weights,
         target_modules=target_modules,
-        modules_to_save=config.modules_to_save,
+        modules_to_save=config.peft_modules_to_save,
         task_type=config.task_type,
     )
 
@@ -145,7 +161,8 @@ def export_lora(peft_model: nn.Module, output_dir: str | Path, adapter: str = "d
     if not ranks:
         raise ValueError("every rank unit is pruned: there is no adapter to export")
     ada_cfg = peft_model.peft_config[adapter]
-    full = get_peft_model_state_dict(peft_model, adapter_name=adapter)
+    with pruned_modules_saved():
+        full = get_peft_model_state_dict(peft_model, adapter_name=adapter)
     extra = {k: v for k, v in full.items() if not re.search(r"\.lora_[ABE]$|\.lora_[ABE]\.|ranknum", k)}
     max_r = max(ranks.values())
     lora_cfg = LoraConfig(

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,10 +189,11 @@ def _with_tensorboard(run: Path, on_step: Callable[[dict[str, Any]], None] | Non
 
 def _write_outputs(run: Path, opts: RunOptions, task: Any, peft_model: Any, controller: Any, result: Any,
                    start_params: int, end_params: int, adapter_params: int) -> None:
+    from .peft_backend import pruned_modules_saved
+
     tmp = run / "adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    with warnings.catch_warnings():  # AdaLoRA modules pruned to rank 0 are legitimate, not unsharded tensors
-        warnings.filterwarnings("ignore", message=".*invalid shape.*")
+    with pruned_modules_saved():
         peft_model.save_pretrained(str(tmp))
     shutil.rmtree(run / "adapter", ignore_errors=True)
     tmp.rename(run / "adapter")

@@ -89,6 +89,13 @@ class IguLoraTrainer(Trainer):
 
             atomic_torch_save(folder / STATE_FILE, self.allocator.state_dict())
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The compact adapter (``rank_pattern`` applied; fully pruned modules as ``(0, d)`` tensors)."""
+        from ..peft_backend import pruned_modules_saved
+
+        with pruned_modules_saved():
+            super().save_model(output_dir, _internal_call)
+
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         if resume_from_checkpoint:
             if resume_from_checkpoint is True:
