@@ -8,7 +8,7 @@ from test_allocator import train_steps
 from tiny import cls_batch, tiny_bert
 from transformers import BertForSequenceClassification
 
-from igulora import IguLoraConfig, export_lora, export_merged, get_igu_model
+from igulora import IguLoraConfig, export_lora, export_merged, get_igu_model, pruned_modules_saved
 from igulora.peft_backend import read_adapter_ranks
 
 
@@ -64,8 +64,6 @@ def test_lora_export_and_merge(tmp_path):
 def test_pruned_modules_save_without_peft_warning(tmp_path, recwarn):
     """Modules pruned to rank 0 are saved as (0, d) tensors on purpose: neither the run's adapter
     save nor ``export_lora`` passes on PEFT's ZeRO-3 "invalid shape" warning."""
-    from igulora.peft_backend import pruned_modules_saved
-
     peft_model, alloc = trained(tmp_path)
     assert 0 in alloc.rank_pattern().values()  # the case in question
     with pruned_modules_saved():

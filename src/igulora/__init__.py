@@ -20,6 +20,7 @@ _LAZY = {
     "get_igu_model": ".peft_backend",
     "export_lora": ".peft_backend",
     "export_merged": ".peft_backend",
+    "pruned_modules_saved": ".peft_backend",
     "integrated_gradients": ".ig",
 }
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from .allocator import IguAllocator, StepRecord
     from .config import IguLoraConfig
     from .ig import integrated_gradients
-    from .peft_backend import export_lora, export_merged, get_igu_model
+    from .peft_backend import export_lora, export_merged, get_igu_model, pruned_modules_saved
 
 
 def __getattr__(name: str) -> Any:
@@ -46,4 +47,5 @@ __all__ = [
     "export_merged",
     "get_igu_model",
     "integrated_gradients",
+    "pruned_modules_saved",
 ]
