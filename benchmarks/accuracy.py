@@ -1,7 +1,7 @@
 """Accuracy benchmarks: ``igulora compare`` with a suite's config in benchmarks/configs/.
 
     .venv/bin/python benchmarks/accuracy.py encoder        # MiniLM, 5 GLUE tasks, 9 variants, 3 seeds
-    .venv/bin/python benchmarks/accuracy.py encoder-long   # CoLA, MRPC, RTE 4x longer, 4 variants
+    .venv/bin/python benchmarks/accuracy.py encoder-long   # CoLA and STS-B 4x longer, 4 variants
     .venv/bin/python benchmarks/accuracy.py decoder        # SmolLM2-135M on ARC-Easy, 3 methods
     .venv/bin/python benchmarks/accuracy.py stability      # SST-2, batch size x accumulation
 

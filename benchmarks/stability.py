@@ -1,6 +1,7 @@
 """Allocation stability: agreement of final per-module ranks across seeds (encoder suite) and across
 batch size / gradient accumulation at the same effective batch (stability suite), for AdaLoRA and
-IGU-LoRA. Reads benchmarks/results/{encoder,stability}/; writes benchmarks/results/stability.{json,md}.
+IGU-LoRA. Reads benchmarks/results/{encoder,encoder-long,stability}/; writes
+benchmarks/results/stability.{json,md}.
 
     .venv/bin/python benchmarks/stability.py
 """
@@ -32,9 +33,11 @@ def patterns(suite: str) -> dict[tuple[str, str], list[dict[str, float]]]:
 
 def main() -> None:
     rows = []
-    for (task, variant), pats in sorted(patterns("encoder").items()):
-        if len(pats) > 1:
-            rows.append({"comparison": "across seeds", "task": task, "variant": variant, **rank_stability(pats)})
+    for suite in ("encoder", "encoder-long"):
+        for (task, variant), pats in sorted(patterns(suite).items()):
+            if len(pats) > 1:
+                rows.append({"comparison": f"across seeds ({suite})", "task": task, "variant": variant,
+                             **rank_stability(pats)})
     by_method: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
     for (task, variant), pats in patterns("stability").items():
         by_method[(task, variant.split(":")[0])] += pats[:1]
