@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/accuracy.py encoder-long   # CoLA and STS-B 4x longer, 4 variants
     .venv/bin/python benchmarks/accuracy.py decoder        # SmolLM2-135M on ARC-Easy, 3 methods
     .venv/bin/python benchmarks/accuracy.py stability      # SST-2, batch size x accumulation
+    .venv/bin/python benchmarks/accuracy.py lora-lr        # LoRA on STS-B at lower learning rates
 
 Results go to benchmarks/results/<suite>/ (results.json, results.md, results.csv, report.md, plots).
 The script runs from the repository root and records run folders relative to it, so the committed
