@@ -39,30 +39,29 @@ NAMES = {"lora": "LoRA", "adalora": "AdaLoRA", "igulora:estimator=gradient": "IG
 
 
 def suite_table(suite: str) -> dict | None:
-    """``{"note", "tasks", "rows": [{"name", "variant", "cells": {task: [mean, std, n]}, "avg", "gap"}]}``
-    for the variants that ran on every task of the suite; ``None`` if the suite has no results."""
+    """``{"suite", "note", "tasks", "incomplete", "usual_n",
+    "rows": [{"name", "variant", "cells": {task: [mean, std, n]}, "avg", "gap"}]}`` for the variants
+    that ran on every task of the suite; ``None`` if the suite has no results."""
     path = RESULTS / suite / "results.json"
     if not path.is_file():
         return None
     note, names = SUITES[suite]
     s = summarise(json.loads(path.read_text())["runs"])
-    tasks = [t for t in ORDER if t in s["tasks"]]
-    complete = [v for v in s["variants"] if all(t in s["cells"][v] for t in tasks)]
-    rows = []
-    for v in complete:
-        cells = {t: [s["cells"][v][t]["mean"], s["cells"][v][t]["std"], s["cells"][v][t]["n"]] for t in tasks}
-        rows.append({"name": names.get(v, NAMES.get(v, v)), "variant": v, "cells": cells,
-                     "avg": sum(c[0] for c in cells.values()) / len(tasks)})
-    ada = next((r["avg"] for r in rows if r["variant"] == "adalora"), None)
+    tasks = sorted(s["tasks"], key=ORDER.index)
+    rows = [{"name": names.get(v, NAMES.get(v, v)), "variant": v, "avg": s["avg"][v],
+             "cells": {t: [s["cells"][v][t][k] for k in ("mean", "std", "n")] for t in tasks}}
+            for v in s["variants"] if v in s["avg"]]  # summarise averages only the variants with every task
+    ada = s["avg"].get("adalora")
     for r in rows:
         r["gap"] = None if ada is None else r["avg"] - ada
-    skipped = [v for v in s["variants"] if v not in complete]
-    return {"suite": suite, "note": note, "tasks": tasks, "rows": rows, "incomplete": skipped}
+    skipped = [v for v in s["variants"] if v not in s["avg"]]
+    return {"suite": suite, "note": note, "tasks": tasks, "rows": rows, "incomplete": skipped,
+            "usual_n": s["usual_n"]}
 
 
-def _cell(c: list) -> str:
+def _cell(c: list, usual_n: int) -> str:
     mean, std, n = c
-    return f"{mean:.2f}" + ("" if std != std else f" ± {std:.2f}") + ("" if n == 3 else f" (n={n})")
+    return f"{mean:.2f}" + ("" if std != std else f" ± {std:.2f}") + ("" if n == usual_n else f" (n={n})")
 
 
 def markdown(table: dict) -> str:
@@ -72,15 +71,15 @@ def markdown(table: dict) -> str:
              "|---|" + "---:|" * (len(tasks) + 2)]
     for r in table["rows"]:
         gap = "" if r["gap"] is None else f"{r['gap']:+.2f}"
-        lines.append(f"| {r['name']} | " + " | ".join(_cell(r["cells"][t]) for t in tasks)
+        lines.append(f"| {r['name']} | " + " | ".join(_cell(r["cells"][t], table["usual_n"]) for t in tasks)
                      + f" | {r['avg']:.2f} | {gap} |")
     paper_avg = {m: sum(v[t] for t in tasks) / len(tasks) for m, v in PAPER.items()}
     for m, v in PAPER.items():
         lines.append(f"| *paper: {m}* | " + " | ".join(f"*{v[t]:.2f}*" for t in tasks)
                      + f" | *{paper_avg[m]:.2f}* | *{paper_avg[m] - paper_avg['AdaLoRA']:+.2f}* |")
     lines.append("")
-    lines.append("Mean ± sample std over 3 seeds (n given where fewer). Paper rows: RoBERTa-large, median of 5 "
-                 "seeds, averaged over the same tasks.")
+    lines.append(f"Mean ± sample std over {table['usual_n']} seeds (n given where different). Paper rows: "
+                 "RoBERTa-large, median of 5 seeds, averaged over the same tasks.")
     if table["incomplete"]:
         lines.append(f"Not on every task, so not shown: {', '.join(table['incomplete'])} (see the suite's results.md).")
     return "\n".join(lines) + "\n"

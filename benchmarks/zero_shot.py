@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
+from igulora.cli import load_config_file
+from igulora.compare import _split
 from igulora.data import get_task, load_examples
 from igulora.models import load_model_and_tokenizer
 from igulora.pipeline import make_evaluator
@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(suite: str = "decoder") -> None:
-    cfg = yaml.safe_load((ROOT / "benchmarks" / "configs" / f"{suite}.yaml").read_text())
+    cfg = load_config_file(str(ROOT / "benchmarks" / "configs" / f"{suite}.yaml"))
     quiet_transformers()
     out: dict[str, dict] = {}
     model = tokenizer = None
-    for name in str(cfg["tasks"]).split(","):
+    for name in _split(cfg["tasks"]):
         task = get_task(name)
         if not task.decoder:
             sys.exit(f"{name} is not a decoder task: the zero-shot floor is only defined for decoder suites")
